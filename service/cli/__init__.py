@@ -1,0 +1,10 @@
+"""The `flame` command line. Heavy imports happen inside commands so `flame --help` is instant."""
+
+import typer
+
+from service.cli import data, train
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="FLAME: train, evaluate and serve.")
+app.add_typer(data.app, name="data")
+app.command("train")(train.train_command)
+app.command("evaluate")(train.evaluate_command)
