@@ -13,6 +13,7 @@ class FlameConfig:
 
     `text_buckets` is the tokenizer's `n_buckets`; the embedding table has one extra row for padding
     id 0 (a table of `n_buckets + 1` rows also accepts configs that pass the tokenizer's vocab size).
+    `text_chunk` tokens are mean-pooled into one text token (1 = one token per word/n-gram id).
     """
 
     d_model: int = 64
@@ -29,6 +30,7 @@ class FlameConfig:
     ts_time_dim: int = 16
     text_buckets: int = 4096
     text_max_tokens: int = 256
+    text_chunk: int = 8
     image_patch: int = 4
     balance_coef: float = 0.01
     interaction_coef: float = 0.1
@@ -46,6 +48,7 @@ class FlameConfig:
             "ts_time_dim",
             "text_buckets",
             "text_max_tokens",
+            "text_chunk",
             "image_patch",
         )
         for name in positive:

@@ -127,7 +127,9 @@ class TabularEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Hashed-token embedding plus learned positions; the block's self-attention does the mixing.
+    """Hashed-token embedding bags: every `text_chunk` consecutive tokens are mean-pooled into one token,
+    plus a learned chunk position; the block's self-attention does the mixing. Bigram ids already carry
+    local word order, and chunking keeps a 256-token note at 32 tokens, which is what makes text cheap.
 
     Notes longer than `text_max_tokens` are cut to their first tokens (the tokenizer keeps the start).
     """
@@ -135,9 +137,10 @@ class TextEncoder(nn.Module):
     def __init__(self, spec: ModalitySpec, config: FlameConfig) -> None:
         super().__init__()
         self.vocab = config.text_buckets + 1
-        self.max_tokens = config.text_max_tokens
+        self.max_tokens, self.chunk = config.text_max_tokens, config.text_chunk
         self.embed = nn.Embedding(self.vocab, config.d_model, padding_idx=0)
-        self.pos = nn.Parameter(torch.randn(config.text_max_tokens, config.d_model) * 0.02)
+        n_chunks = -(-config.text_max_tokens // config.text_chunk)
+        self.pos = nn.Parameter(torch.randn(n_chunks, config.d_model) * 0.02)
 
     def forward(self, mb: ModalityBatch) -> Tokens:
         ids = mb.values[:, : self.max_tokens].long()  # (B, T)
@@ -147,9 +150,14 @@ class TextEncoder(nn.Module):
                 f"got range [{int(ids.min())}, {int(ids.max())}]"
             )
         pad = mb.pad[:, : self.max_tokens] if mb.pad is not None else ids.ne(0)
-        mask = pad & mb.present.unsqueeze(1)  # (B, T)
-        tokens = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, d)
-        return _finish(tokens, mask)
+        valid = pad & mb.present.unsqueeze(1)  # (B, T)
+        extra = -ids.shape[1] % self.chunk
+        ids, valid = F.pad(ids, (0, extra)), F.pad(valid, (0, extra))
+        bsz, n_chunks = ids.shape[0], ids.shape[1] // self.chunk
+        keep = valid.view(bsz, n_chunks, self.chunk, 1).to(self.pos.dtype)  # (B, C, c, 1)
+        emb = self.embed(ids).view(bsz, n_chunks, self.chunk, -1)  # (B, C, c, d)
+        tokens = (emb * keep).sum(2) / keep.sum(2).clamp_min(1.0) + self.pos[:n_chunks]  # (B, C, d)
+        return _finish(tokens, keep.squeeze(-1).any(dim=2))
 
 
 class EmbeddingEncoder(nn.Module):

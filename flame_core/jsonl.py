@@ -18,8 +18,12 @@ import numpy as np
 
 def iter_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, sample) for every non-blank line; lets callers report line numbers."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}: line {lineno}: not valid UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -27,8 +31,9 @@ def iter_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: line {lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {lineno}: each line must be a JSON object, got "
-                                 f"{type(obj).__name__}")
+                raise ValueError(
+                    f"{path}: line {lineno}: each line must be a JSON object, got {type(obj).__name__}"
+                )
             yield lineno, obj
 
 
@@ -62,8 +67,10 @@ def write_jsonl(path: str | Path, samples: Iterable[dict[str, Any]]) -> int:
                 try:
                     line = json.dumps(sample, allow_nan=False, default=_plain, ensure_ascii=False)
                 except ValueError as e:
-                    raise ValueError(f"sample {i}: cannot write NaN or Infinity to JSON ({e}); use null "
-                                     "for a missing value") from None
+                    raise ValueError(
+                        f"sample {i}: cannot write NaN or Infinity to JSON ({e}); use null "
+                        "for a missing value"
+                    ) from None
                 except TypeError as e:
                     raise ValueError(f"sample {i}: {e}") from None
                 f.write(line + "\n")

@@ -73,6 +73,12 @@ class ModalitySpec:
             if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
                 raise SpecError(f"must be an int, got {d[key]!r}", f"modalities.{name}.{key}")
         vr = d.get("value_range")
+        if vr is not None and (
+            not isinstance(vr, list)
+            or len(vr) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vr)
+        ):
+            raise SpecError(f"must be [low, high] numbers, got {vr!r}", f"modalities.{name}.value_range")
         return cls(
             name=name,
             kind=d["kind"],
@@ -108,8 +114,10 @@ class HeadSpec:
                 raise SpecError(f"{self.type} needs classes >= 2, got {self.classes}", "head.classes")
         elif self.classes != 1:
             object.__setattr__(self, "classes", 1)
-        if self.labels and len(self.labels) != self.classes:
-            raise SpecError(f"{len(self.labels)} labels for {self.classes} classes", "head.labels")
+        # A binary head has one output but two class names (for 0 and 1).
+        n_names = 2 if self.type == "binary" else self.classes
+        if self.labels and len(self.labels) != n_names:
+            raise SpecError(f"{len(self.labels)} labels for {n_names} classes", "head.labels")
 
     @property
     def out_dim(self) -> int:
@@ -119,7 +127,10 @@ class HeadSpec:
     def from_dict(cls, d: dict[str, Any]) -> HeadSpec:
         if not isinstance(d, dict) or "type" not in d:
             raise SpecError("must be an object with 'type'", "head")
-        labels = tuple(d.get("labels", ()))
+        raw_labels = d.get("labels", [])
+        if not isinstance(raw_labels, list) or not all(isinstance(x, str) for x in raw_labels):
+            raise SpecError(f"must be a list of class names, got {raw_labels!r}", "head.labels")
+        labels = tuple(raw_labels)
         classes = d.get("classes", len(labels) if labels else 1)
         if not isinstance(classes, int) or isinstance(classes, bool):
             raise SpecError(f"must be an int, got {classes!r}", "head.classes")
@@ -154,6 +165,8 @@ class TaskSpec:
         if not isinstance(d, dict) or "name" not in d:
             raise SpecError("each task must be an object with 'name'", "tasks")
         name = d["name"]
+        if not isinstance(name, str):
+            raise SpecError(f"task name must be a string, got {name!r}", "tasks.name")
         mods = d.get("modalities")
         if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
             raise SpecError("must be a list of modality names", f"tasks.{name}.modalities")

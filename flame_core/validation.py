@@ -54,8 +54,8 @@ class SampleInvalid(ValueError):
 
     def to_dict(self) -> dict[str, Any]:
         """The service's error body: `{"code", "message", "field"}` plus where it happened."""
-        return {"code": "sample_invalid", "message": str(self), "field": self.field, "sample": self.sample,
-                "task": self.task, "modality": self.modality}
+        where = {"sample": self.sample, "task": self.task, "modality": self.modality}
+        return {"code": "sample_invalid", "message": str(self), "field": self.field, **where}
 
 
 def _fail(message: str, field: str, modality: str | None = None, task: str | None = None) -> SampleInvalid:
@@ -68,7 +68,7 @@ def _check_vector(vec: Any, field: str, length: int, spec: ModalitySpec, allow_n
     if not isinstance(vec, list):
         raise _fail(f"must be a list of {length} {what}, got {type(vec).__name__}", field, spec.name)
     if len(vec) != length:
-        raise _fail(f"has {len(vec)} values; {spec.name!r} has dim {length}", field, spec.name)
+        raise _fail(f"has {len(vec)} values; expected {length} (the dim of {spec.name!r})", field, spec.name)
     lo, hi = spec.value_range or (-_BIG, _BIG)
     for j, v in enumerate(vec):
         t = type(v)
@@ -82,11 +82,9 @@ def _check_vector(vec: Any, field: str, length: int, spec: ModalitySpec, allow_n
             if lo <= v <= hi:
                 continue
         else:
-            raise _fail(f"must be a number{' or null' if allow_null else ''}, got {v!r}", f"{field}[{j}]",
-                        spec.name)
+            raise _fail(f"must be a number{' or null' * allow_null}, got {v!r}", f"{field}[{j}]", spec.name)
         if v != v:
-            raise _fail("is NaN; use null for a missing value" if allow_null else "is NaN", f"{field}[{j}]",
-                        spec.name)
+            raise _fail("is NaN" + "; use null for a missing value" * allow_null, f"{field}[{j}]", spec.name)
         if abs(v) > _BIG:
             raise _fail(f"is not finite ({v!r})", f"{field}[{j}]", spec.name)
         raise _fail(f"{v!r} is outside the allowed range [{lo}, {hi}]", f"{field}[{j}]", spec.name)
@@ -98,13 +96,12 @@ def _check_times(times: Any, field: str, n: int, spec: ModalitySpec) -> list[flo
         raise _fail(f"must be a list of {n} times in hours", field, spec.name)
     if len(times) != n:
         raise _fail(f"has {len(times)} times but there are {n} steps of values", field, spec.name)
-    prev = -math.inf
+    prev: Any = -math.inf
     for i, t in enumerate(times):
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
             raise _fail(f"must be a finite number of hours, got {t!r}", f"{field}[{i}]", spec.name)
         if t < prev:
-            raise _fail(f"times must be non-decreasing: {t!r} comes after {prev!r}", f"{field}[{i}]",
-                        spec.name)
+            raise _fail(f"must be non-decreasing: {t!r} comes after {prev!r}", f"{field}[{i}]", spec.name)
         prev = t
     return times
 
@@ -113,8 +110,7 @@ def _check_steps(rows: Any, field: str, spec: ModalitySpec, unit: str) -> int:
     if not isinstance(rows, list) or not rows:
         raise _fail(f"must be a non-empty list of {unit}, each of {spec.dim} numbers", field, spec.name)
     if len(rows) > spec.max_len:
-        raise _fail(f"has {len(rows)} {unit}; the limit for {spec.name!r} is {spec.max_len}", field,
-                    spec.name)
+        raise _fail(f"has {len(rows)} {unit}; the limit is {spec.max_len}", field, spec.name)
     return len(rows)
 
 
@@ -126,8 +122,11 @@ def _payload(p: Any, spec: ModalitySpec) -> dict[str, Any]:
         raise _fail(f"must be an object with keys {sorted(allowed)}", where, spec.name)
     extra, missing = sorted(set(p) - allowed), sorted(required - set(p))
     if extra:
-        raise _fail(f"unknown key {extra[0]!r} for a {spec.kind} modality; expected {sorted(allowed)}",
-                    f"{where}.{extra[0]}", spec.name)
+        raise _fail(
+            f"unknown key for a {spec.kind} modality; expected {sorted(allowed)}",
+            f"{where}.{extra[0]}",
+            spec.name,
+        )
     if missing:
         raise _fail("missing", f"{where}.{missing[0]}", spec.name)
 
@@ -145,11 +144,11 @@ def _payload(p: Any, spec: ModalitySpec) -> dict[str, Any]:
         if not isinstance(text, str):
             raise _fail(f"must be a string, got {type(text).__name__}", f"{where}.text", spec.name)
         if len(text) > spec.max_len:
-            raise _fail(f"has {len(text)} characters; the limit for {spec.name!r} is {spec.max_len}",
-                        f"{where}.text", spec.name)
+            raise _fail(
+                f"has {len(text)} characters; the limit is {spec.max_len}", f"{where}.text", spec.name
+            )
         if not words(text):
-            raise _fail("contains no words; leave the modality out when there is no text", f"{where}.text",
-                        spec.name)
+            raise _fail("contains no words; leave out a modality with no text", f"{where}.text", spec.name)
         return {"text": text}
     if spec.kind == "embedding":
         return _embedding(p, spec, where)
@@ -158,12 +157,11 @@ def _payload(p: Any, spec: ModalitySpec) -> dict[str, Any]:
 
 def _embedding(p: dict[str, Any], spec: ModalitySpec, where: str) -> dict[str, Any]:
     if ("embedding" in p) == ("embeddings" in p):
-        raise _fail("give exactly one of 'embedding' (one vector) or 'embeddings' (a list with 'times')",
-                    where, spec.name)
+        msg = "give exactly one of 'embedding' (one vector) or 'embeddings' (a list with 'times')"
+        raise _fail(msg, where, spec.name)
     if "embedding" in p:
         if "times" in p:
-            raise _fail("'times' goes with 'embeddings', not with a single 'embedding'", f"{where}.times",
-                        spec.name)
+            raise _fail("goes with 'embeddings', not with a single 'embedding'", f"{where}.times", spec.name)
         _check_vector(p["embedding"], f"{where}.embedding", spec.dim, spec, allow_null=False)
         return {"embeddings": [p["embedding"]], "times": [0.0]}
     n = _check_steps(p["embeddings"], f"{where}.embeddings", spec, "embeddings")
@@ -201,7 +199,8 @@ def _integral(v: Any) -> int | None:
         return None
     if isinstance(v, numbers.Integral):
         return int(v)
-    return int(v) if math.isfinite(v) and float(v).is_integer() else None
+    f = float(v)
+    return int(f) if math.isfinite(f) and f.is_integer() else None
 
 
 def check_label(value: Any, head: HeadSpec, field: str, task: str) -> int | float | list[int]:
@@ -212,22 +211,22 @@ def check_label(value: Any, head: HeadSpec, field: str, task: str) -> int | floa
         return float(value)
     if head.type == "multilabel":
         if not isinstance(value, list) or len(value) != head.classes:
-            raise _fail(f"multilabel label must be a list of {head.classes} values 0/1, got {value!r}", field,
-                        task=task)
+            msg = f"multilabel label must be a list of {head.classes} values 0/1, got {value!r}"
+            raise _fail(msg, field, task=task)
         out = [_integral(v) for v in value]
         for j, v in enumerate(out):
             if v not in (0, 1):
                 raise _fail(f"must be 0 or 1, got {value[j]!r}", f"{field}[{j}]", task=task)
         return out  # type: ignore[return-value]
-    if head.type == "multiclass" and isinstance(value, str) and value in head.labels:
+    if isinstance(value, str) and value in head.labels:  # a class name from the head's labels
         return head.labels.index(value)
     k = _integral(value)
+    names = f" or one of {list(head.labels)}" if head.labels else ""
     if head.type == "binary" and k not in (0, 1):
-        raise _fail(f"binary label must be 0 or 1, got {value!r}", field, task=task)
+        raise _fail(f"binary label must be 0 or 1{names}, got {value!r}", field, task=task)
     if head.type == "multiclass" and (k is None or not 0 <= k < head.classes):
-        names = f" or one of {list(head.labels)}" if head.labels else ""
-        raise _fail(f"multiclass label must be an int 0..{head.classes - 1}{names}, got {value!r}", field,
-                    task=task)
+        msg = f"multiclass label must be an int 0..{head.classes - 1}{names}, got {value!r}"
+        raise _fail(msg, field, task=task)
     return k  # type: ignore[return-value]
 
 
@@ -285,8 +284,8 @@ def _validate(
     out_mods: dict[str, Any] = {}
     for name, payload in mods.items():
         if name not in specs.modalities:
-            raise _fail(f"unknown modality {name!r}; known: {sorted(specs.modalities)}", f"modalities.{name}",
-                        modality=name)
+            msg = f"unknown modality {name!r}; known: {sorted(specs.modalities)}"
+            raise _fail(msg, f"modalities.{name}", modality=name)
         out_mods[name] = _payload(payload, specs.modalities[name])
 
     raw = _raw_labels(sample, specs)
@@ -296,8 +295,9 @@ def _validate(
         if tasks is None and not raw and len(specs.tasks) == 1:
             in_play = list(specs.tasks)
         if len(in_play) != 1:
-            raise _fail(f"a single 'label' needs exactly one task, but tasks in play are {in_play} of "
-                        f"{sorted(specs.tasks)}; use 'labels': {{task: label}}", "label")
+            asked = f"the tasks are {in_play if tasks is not None else sorted(specs.tasks)}"
+            msg = f"a single 'label' needs exactly one task, but {asked}; use 'labels': {{task: label}}"
+            raise _fail(msg, "label")
         raw = {in_play[0]: single}
     field_of = {t: "label" if "label" in sample else f"labels.{t}" for t in in_play}
 
@@ -306,8 +306,10 @@ def _validate(
     for t in in_play:
         task = specs.tasks[t]
         if not any(m in out_mods for m in task.modalities):
-            raise _fail(f"has none of task {t!r}'s modalities {list(task.modalities)}; at least one is "
-                        "needed", "modalities", task=t)
+            msg = (
+                f"has none of the modalities of task {t!r} ({list(task.modalities)}); at least one is needed"
+            )
+            raise _fail(msg, "modalities", task=t)
     labels: dict[str, Any] = {}
     for t in in_play:
         if t in raw:

@@ -1,0 +1,148 @@
+"""The FLAME model: per-modality encoders, blocks of self-attention + sparse MoE, one head per task.
+
+A modality counts as present for a sample when its `present` flag is set and its encoder produced at
+least one valid token (a time series with no observed value is treated as absent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from flame_core.batch import Batch
+from flame_core.config import FlameConfig
+from flame_core.encoders import build_encoder
+from flame_core.experts import MoELayer
+from flame_core.heads import TaskHead
+from flame_core.losses import balance_loss, interaction_loss
+from flame_core.routing import Router, RouterOutput
+from flame_core.specs import SpecSet
+
+
+class Routing(NamedTuple):
+    """Per-modality explanation: experts (B, k) long, weights (B, k) (rows sum to 1 where present,
+    0 where absent), present (B,) bool."""
+
+    experts: torch.Tensor
+    weights: torch.Tensor
+    present: torch.Tensor
+
+
+class FlameOutput(NamedTuple):
+    """outputs[task]: (B, out_dim) raw logits / values. aux_loss is already weighted:
+    balance_coef * balance_loss + interaction_coef * interaction_loss. routing is from the last block."""
+
+    outputs: dict[str, torch.Tensor]
+    aux_loss: torch.Tensor
+    balance_loss: torch.Tensor
+    interaction_loss: torch.Tensor
+    routing: dict[str, Routing]
+
+
+class FlameBlock(nn.Module):
+    """Per-modality pre-norm self-attention + residual, then pre-norm MoE + residual. The expert pool is
+    shared by all modalities of the block; norms, attention and routers are per modality."""
+
+    def __init__(self, modalities: Sequence[str], config: FlameConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.attn_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
+        self.attn = nn.ModuleDict(
+            {m: nn.MultiheadAttention(d, config.n_heads, dropout=config.dropout, batch_first=True) for m in modalities}
+        )
+        self.moe_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
+        self.routers = nn.ModuleDict(
+            {m: Router(d, config.n_experts, config.top_k, config.gating, config.noise) for m in modalities}
+        )
+        self.moe = MoELayer(d, config.n_experts, config.expert_hidden, config.conv_kernel, config.dropout)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, modality: str, x: torch.Tensor, mask: torch.Tensor, present: torch.Tensor
+    ) -> tuple[torch.Tensor, RouterOutput]:
+        """x: (B, L, d) with zeros on padding, mask: (B, L), present: (B,) -> same-shape x and its routing."""
+        keep = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        h = self.attn_norm[modality](x)
+        # A row with no valid key would softmax over nothing (NaN): let it attend everywhere, then zero it.
+        key_pad = ~mask & mask.any(dim=1, keepdim=True)  # (B, L)
+        a, _ = self.attn[modality](h, h, h, key_padding_mask=key_pad, need_weights=False)
+        x = x + self.drop(a) * keep  # (B, L, d)
+        h = self.moe_norm[modality](x)
+        route = self.routers[modality](h, mask, present)
+        x = x + self.moe(h, mask, route.gates)  # (B, L, d), MoE output is zero on padding
+        return x, route
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, d), (B, L) -> (B, d); rows without valid steps give zeros."""
+    keep = mask.unsqueeze(-1).to(x.dtype)
+    return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+class Flame(nn.Module):
+    """One encoder per modality in `specs`, `n_blocks` FLAME blocks, one head per task."""
+
+    def __init__(self, config: FlameConfig, specs: SpecSet) -> None:
+        super().__init__()
+        self.config, self.specs = config, specs
+        names = list(specs.modalities)
+        self.encoders = nn.ModuleDict({m: build_encoder(specs.modalities[m], config) for m in names})
+        self.blocks = nn.ModuleList(FlameBlock(names, config) for _ in range(config.n_blocks))
+        self.heads = nn.ModuleDict(
+            {t: TaskHead(spec.modalities, config.d_model, spec.head.out_dim) for t, spec in specs.tasks.items()}
+        )
+
+    def _absent(self, bsz: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Routing]:
+        k = self.config.top_k
+        none = torch.zeros(bsz, dtype=torch.bool, device=device)
+        routing = Routing(
+            torch.zeros(bsz, k, dtype=torch.long, device=device), torch.zeros(bsz, k, device=device), none
+        )
+        return torch.zeros(bsz, self.config.d_model, device=device), none, routing
+
+    def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
+        """Runs only the modalities the requested tasks need (`tasks=None`: every task in the specs)."""
+        task_names = list(self.specs.tasks) if tasks is None else list(tasks)
+        unknown = [t for t in task_names if t not in self.specs.tasks]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; known: {sorted(self.specs.tasks)}")
+        task_specs = [self.specs.tasks[t] for t in task_names]
+        needed = [m for m in self.specs.modalities if any(m in t.modalities for t in task_specs)]
+        device = next(self.parameters()).device
+        bsz = batch.size
+        summaries: dict[str, torch.Tensor] = {}
+        present: dict[str, torch.Tensor] = {}
+        routing: dict[str, Routing] = {}
+        per_block: list[dict[str, RouterOutput]] = [{} for _ in self.blocks]
+        for m in needed:
+            mb = batch.modalities.get(m)
+            if mb is None or not bool(mb.present.any()):
+                summaries[m], present[m], routing[m] = self._absent(bsz, device)
+                continue
+            if mb.kind != self.specs.modalities[m].kind:
+                raise ValueError(f"modality {m!r}: batch kind {mb.kind!r} != spec kind {self.specs.modalities[m].kind!r}")
+            x, mask = self.encoders[m](mb)  # (B, L, d), (B, L)
+            here = mb.present & mask.any(dim=1)  # (B,)
+            for i, block in enumerate(self.blocks):
+                x, route = block(m, x, mask, here)
+                per_block[i][m] = route
+            summaries[m], present[m] = masked_mean(x, mask), here
+            last = per_block[-1][m]
+            routing[m] = Routing(last.experts, last.weights, here)
+        outputs = {t.name: self.heads[t.name](summaries, present) for t in task_specs}
+        balance = balance_loss([r for routes in per_block for r in routes.values()], device=device)
+        inter = torch.zeros((), device=device)
+        for routes in per_block:
+            inter = inter + interaction_loss(task_specs, routes, device=device)
+        aux = self.config.balance_coef * balance + self.config.interaction_coef * inter
+        return FlameOutput(outputs, aux, balance, inter, routing)
+
+
+def build_flame(config: FlameConfig, specs: SpecSet) -> Flame:
+    """The FLAME model for `specs`: one encoder and router per modality, one head per task."""
+    if not specs.tasks:
+        raise ValueError("specs has no tasks: FLAME needs at least one task head")
+    return Flame(config, specs)

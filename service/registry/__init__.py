@@ -1,0 +1,1 @@
+"""The model registry: versions, aliases, tasks, datasets, jobs and the prediction audit."""

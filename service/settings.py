@@ -1,0 +1,78 @@
+"""Service configuration, read once from `FLAME_*` environment variables (or a `.env` file).
+
+One `Settings` object holds every knob of the API and the worker, so a deployment is described by
+its environment alone (DESIGN s6). Nothing here touches the database or the disk at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every setting has a default that runs the whole service on one machine with no extra infra."""
+
+    model_config = SettingsConfigDict(env_prefix="FLAME_", env_file=".env", extra="ignore")
+
+    # storage
+    database_url: str = "sqlite:///./flame-data/registry.db"
+    redis_url: str | None = None  # unset: jobs run on an in-process queue
+    artifact_root: Path = Path("./flame-data/artifacts")
+
+    # inference
+    device: str = "auto"
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    max_instances: PositiveInt = 64
+    max_batch_size: PositiveInt = 32
+    max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
+    max_queue_depth: PositiveInt = 1024  # per task; beyond it the API answers 429 with Retry-After
+
+    # continual learning: the most rank any single weight may accumulate over all stages
+    capacity_rank_budget: PositiveInt | None = 64
+
+    # security and operations
+    auth_enabled: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"database_url must be a sqlite:// or postgresql:// URL, got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _blank_redis_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {sorted(_LOG_LEVELS)}, got {value!r}")
+        return value.upper()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests build `Settings(...)` directly or call `cache_clear()`."""
+    return Settings()

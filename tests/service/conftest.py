@@ -1,0 +1,85 @@
+"""Fixtures for service tests: the real PostgreSQL (a fresh schema per test session) and SQLite.
+
+PostgreSQL comes from FLAME_TEST_DATABASE_URL (default: database `test` on 127.0.0.1:5432 as user
+postgres). If it cannot be reached the tests FAIL: a registry tested on SQLite alone is not tested.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from service.artifacts import LocalArtifactStore
+from service.db import load_models, make_engine, make_session_factory
+
+PG_URL = os.environ.get("FLAME_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _admin_engine() -> Engine:
+    engine = make_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001 - any failure to connect means the same thing here
+        engine.dispose()
+        pytest.fail(f"PostgreSQL is required for the service tests and is not reachable at {PG_URL} ({e}). "
+                    "Start it, or point FLAME_TEST_DATABASE_URL at a database this user may create "
+                    "schemas and databases in.", pytrace=False)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Engine]:
+    """An autocommit engine on the test database, for CREATE SCHEMA / CREATE DATABASE."""
+    engine = _admin_engine()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """Tables created from the models on each backend; PostgreSQL gets its own throwaway schema."""
+    metadata = load_models()
+    if request.param == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'registry.db'}")
+        metadata.create_all(eng)
+        yield eng
+        eng.dispose()
+        return
+    admin = request.getfixturevalue("pg_admin")
+    schema = f"flame_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    eng = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        metadata.create_all(eng)
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def session_factory(engine: Engine):  # type: ignore[no-untyped-def]
+    """A session factory on clean tables: every row is deleted after the test."""
+    yield make_session_factory(engine)
+    with engine.begin() as conn:
+        for table in reversed(load_models().sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def session(session_factory) -> Iterator[Session]:  # type: ignore[no-untyped-def]
+    with session_factory() as s:
+        yield s
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalArtifactStore:  # type: ignore[no-untyped-def]
+    return LocalArtifactStore(tmp_path / "artifacts")
