@@ -60,12 +60,19 @@ class MoELayer(nn.Module):
         Sparse dispatch: each expert runs only on the samples routed to it (index_select / index_add)."""
         if gates.shape != (x.shape[0], len(self.experts)):
             raise ValueError(f"gates shape {tuple(gates.shape)} != (B={x.shape[0]}, E={len(self.experts)})")
-        out = torch.zeros_like(x)
-        routed = gates > 0  # (B, E)
-        for e, expert in enumerate(self.experts):
-            idx = routed[:, e].nonzero(as_tuple=True)[0]  # (n_e,)
-            if idx.numel() == 0:
-                continue
-            y = expert(x.index_select(0, idx), mask.index_select(0, idx))  # (n_e, L, d)
-            out = out.index_add(0, idx, y * gates.index_select(0, idx)[:, e, None, None])
+        # Group (sample, expert) pairs by expert: one gather in, one scatter out, contiguous slices per expert.
+        sample_idx, expert_idx = (gates > 0).nonzero(as_tuple=True)  # (n,), (n,)
+        order = expert_idx.argsort(stable=True)
+        sample_idx, expert_idx = sample_idx[order], expert_idx[order]
+        counts = torch.bincount(expert_idx, minlength=len(self.experts)).tolist()
+        xs, ms = x.index_select(0, sample_idx), mask.index_select(0, sample_idx)  # (n, L, d), (n, L)
+        outs = [
+            expert(xe, me)
+            for expert, xe, me, n in zip(self.experts, xs.split(counts), ms.split(counts), counts, strict=True)
+            if n
+        ]
+        if not outs:
+            return torch.zeros_like(x)
+        y = torch.cat(outs) * gates[sample_idx, expert_idx][:, None, None]  # (n, L, d)
+        out = torch.zeros_like(x).index_add(0, sample_idx, y)  # (B, L, d)
         return out * mask.unsqueeze(-1).to(x.dtype)

@@ -69,5 +69,5 @@ def test_prediction_audit_records_metadata_only(session):
     assert columns == {"id", "request_id", "task", "version", "modalities_present", "latency_ms",
                        "status_code", "caller_key_id", "created_at"}
     with pytest.raises(ValueError, match="latency_ms"):
-        registry.record_prediction(session=session, request_id="r", task="t", version="v", modalities_present=[],
-                                   latency_ms=-1, status_code=200)
+        registry.record_prediction(session=session, request_id="r", task="t", version="v",
+                                   modalities_present=[], latency_ms=-1, status_code=200)
