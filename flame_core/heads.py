@@ -1,4 +1,4 @@
-"""Task heads: fuse per-modality summaries (a learned vector stands in for absent modalities) -> LN -> Linear."""
+"""Task heads: per-modality summaries (a learned vector for absent ones) -> concat -> LN -> Linear."""
 
 from __future__ import annotations
 

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flame_core.batch import Batch
 from flame_core.config import FlameConfig
 from flame_core.encoders import build_encoder
-from flame_core.experts import MoELayer
+from flame_core.experts import MoELayer, fast_dropout
 from flame_core.heads import TaskHead
 from flame_core.losses import balance_loss, interaction_loss
 from flame_core.routing import Router, RouterOutput
@@ -42,6 +43,27 @@ class FlameOutput(NamedTuple):
     routing: dict[str, Routing]
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over valid steps (plain `qkv` / `out` Linears, fused SDPA kernel).
+    Regularised by dropout on the residual branch only (attention-weight dropout costs more than it adds).
+
+    A row with no valid step would softmax over nothing (NaN); such rows attend everywhere and the
+    caller zeroes them, since padded and absent rows are masked out downstream anyway."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bsz, steps, d = x.shape
+        q, k, v = self.qkv(x).view(bsz, steps, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        allowed = (mask | ~mask.any(dim=1, keepdim=True))[:, None, None, :]  # (B, 1, 1, L)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, L, d/H)
+        return self.out(a.transpose(1, 2).reshape(bsz, steps, d))  # (B, L, d)
+
+
 class FlameBlock(nn.Module):
     """Per-modality pre-norm self-attention + residual, then pre-norm MoE + residual. The expert pool is
     shared by all modalities of the block; norms, attention and routers are per modality."""
@@ -50,30 +72,34 @@ class FlameBlock(nn.Module):
         super().__init__()
         d = config.d_model
         self.attn_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
-        self.attn = nn.ModuleDict(
-            {m: nn.MultiheadAttention(d, config.n_heads, dropout=config.dropout, batch_first=True) for m in modalities}
-        )
+        self.attn = nn.ModuleDict({m: SelfAttention(d, config.n_heads) for m in modalities})
         self.moe_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
         self.routers = nn.ModuleDict(
             {m: Router(d, config.n_experts, config.top_k, config.gating, config.noise) for m in modalities}
         )
         self.moe = MoELayer(d, config.n_experts, config.expert_hidden, config.conv_kernel, config.dropout)
-        self.drop = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(
-        self, modality: str, x: torch.Tensor, mask: torch.Tensor, present: torch.Tensor
-    ) -> tuple[torch.Tensor, RouterOutput]:
-        """x: (B, L, d) with zeros on padding, mask: (B, L), present: (B,) -> same-shape x and its routing."""
-        keep = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
-        h = self.attn_norm[modality](x)
-        # A row with no valid key would softmax over nothing (NaN): let it attend everywhere, then zero it.
-        key_pad = ~mask & mask.any(dim=1, keepdim=True)  # (B, L)
-        a, _ = self.attn[modality](h, h, h, key_padding_mask=key_pad, need_weights=False)
-        x = x + self.drop(a) * keep  # (B, L, d)
-        h = self.moe_norm[modality](x)
-        route = self.routers[modality](h, mask, present)
-        x = x + self.moe(h, mask, route.gates)  # (B, L, d), MoE output is zero on padding
-        return x, route
+        self, xs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, RouterOutput]]:
+        """Per modality: x (B, L, d) with zeros on padding, mask (B, L), present (B,). Returns the new x
+        per modality and its routing; the MoE runs once for all modalities (one shared pool)."""
+        normed: dict[str, torch.Tensor] = {}
+        routes: dict[str, RouterOutput] = {}
+        out: dict[str, torch.Tensor] = {}
+        for m, x in xs.items():
+            mask = masks[m]
+            keep = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+            a = self.attn[m](self.attn_norm[m](x), mask)  # (B, L, d)
+            out[m] = x + fast_dropout(a, self.dropout, self.training) * keep  # (B, L, d)
+            normed[m] = self.moe_norm[m](out[m])
+            routes[m] = self.routers[m](normed[m], mask, present[m])
+        names = list(xs)
+        moe = self.moe(
+            [normed[m] for m in names], [masks[m] for m in names], [routes[m].gates for m in names]
+        )
+        return {m: out[m] + y for m, y in zip(names, moe, strict=True)}, routes
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -92,7 +118,10 @@ class Flame(nn.Module):
         self.encoders = nn.ModuleDict({m: build_encoder(specs.modalities[m], config) for m in names})
         self.blocks = nn.ModuleList(FlameBlock(names, config) for _ in range(config.n_blocks))
         self.heads = nn.ModuleDict(
-            {t: TaskHead(spec.modalities, config.d_model, spec.head.out_dim) for t, spec in specs.tasks.items()}
+            {
+                t: TaskHead(spec.modalities, config.d_model, spec.head.out_dim)
+                for t, spec in specs.tasks.items()
+            }
         )
 
     def _absent(self, bsz: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Routing]:
@@ -116,22 +145,29 @@ class Flame(nn.Module):
         summaries: dict[str, torch.Tensor] = {}
         present: dict[str, torch.Tensor] = {}
         routing: dict[str, Routing] = {}
-        per_block: list[dict[str, RouterOutput]] = [{} for _ in self.blocks]
+        xs: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
         for m in needed:
             mb = batch.modalities.get(m)
             if mb is None or not bool(mb.present.any()):
                 summaries[m], present[m], routing[m] = self._absent(bsz, device)
                 continue
             if mb.kind != self.specs.modalities[m].kind:
-                raise ValueError(f"modality {m!r}: batch kind {mb.kind!r} != spec kind {self.specs.modalities[m].kind!r}")
-            x, mask = self.encoders[m](mb)  # (B, L, d), (B, L)
-            here = mb.present & mask.any(dim=1)  # (B,)
-            for i, block in enumerate(self.blocks):
-                x, route = block(m, x, mask, here)
-                per_block[i][m] = route
-            summaries[m], present[m] = masked_mean(x, mask), here
+                raise ValueError(
+                    f"modality {m!r}: batch kind {mb.kind!r} != spec kind {self.specs.modalities[m].kind!r}"
+                )
+            xs[m], masks[m] = self.encoders[m](mb)  # (B, L, d), (B, L)
+            present[m] = mb.present & masks[m].any(dim=1)  # (B,)
+        per_block: list[dict[str, RouterOutput]] = []
+        if xs:
+            for block in self.blocks:
+                xs, routes = block(xs, masks, {m: present[m] for m in xs})
+                per_block.append(routes)
+        for m, x in xs.items():
+            summaries[m] = masked_mean(x, masks[m])  # (B, d)
             last = per_block[-1][m]
-            routing[m] = Routing(last.experts, last.weights, here)
+            routing[m] = Routing(last.experts, last.weights, present[m])
+        routing = {m: routing[m] for m in needed}
         outputs = {t.name: self.heads[t.name](summaries, present) for t in task_specs}
         balance = balance_loss([r for routes in per_block for r in routes.values()], device=device)
         inter = torch.zeros((), device=device)

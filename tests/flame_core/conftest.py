@@ -1,7 +1,14 @@
-"""Hand-built batches for the model tests, so they do not depend on `flame_core.collate`."""
+"""Hand-built batches for the model tests, so they do not depend on `flame_core.collate`.
+
+Tests get the builders through the `mk` fixture (pytest runs with --import-mode=importlib, so test
+files cannot import this module by name)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from flame_core.batch import Batch, ModalityBatch
@@ -11,8 +18,18 @@ from flame_core.specs import HeadSpec, ModalitySpec, SpecSet, TaskSpec
 
 def tiny_config(**overrides: object) -> FlameConfig:
     base = dict(
-        d_model=16, n_heads=2, n_experts=4, top_k=2, expert_hidden=32, ts_ref_points=4, ts_time_dim=8,
-        text_buckets=50, text_max_tokens=32, image_patch=2, dropout=0.0,
+        d_model=16,
+        n_heads=2,
+        n_experts=4,
+        top_k=2,
+        expert_hidden=32,
+        ts_ref_points=4,
+        ts_time_dim=8,
+        text_buckets=50,
+        text_max_tokens=32,
+        text_chunk=2,
+        image_patch=2,
+        dropout=0.0,
     )
     base.update(overrides)
     return FlameConfig(**base)  # type: ignore[arg-type]
@@ -29,7 +46,9 @@ def tiny_specs(head: HeadSpec | None = None, interaction: str = "spread") -> Spe
     return SpecSet(modalities=modalities, tasks={"t": task})
 
 
-def timeseries_batch(bsz: int, steps: int, dim: int, gen: torch.Generator, miss: float = 0.3) -> ModalityBatch:
+def timeseries_batch(
+    bsz: int, steps: int, dim: int, gen: torch.Generator, miss: float = 0.3
+) -> ModalityBatch:
     """Irregular times (random gaps), random missing values, random lengths >= 1."""
     gaps = torch.rand(bsz, steps, generator=gen) * 5.0
     times = gaps.cumsum(1)
@@ -38,7 +57,9 @@ def timeseries_batch(bsz: int, steps: int, dim: int, gen: torch.Generator, miss:
     obs = (torch.rand(bsz, steps, dim, generator=gen) > miss) & pad.unsqueeze(-1)
     values = torch.randn(bsz, steps, dim, generator=gen) * obs
     times = times * pad
-    return ModalityBatch("timeseries", values, torch.ones(bsz, dtype=torch.bool), obs=obs, times=times, pad=pad)
+    return ModalityBatch(
+        "timeseries", values, torch.ones(bsz, dtype=torch.bool), obs=obs, times=times, pad=pad
+    )
 
 
 def tabular_batch(bsz: int, dim: int, gen: torch.Generator, miss: float = 0.2) -> ModalityBatch:
@@ -77,3 +98,23 @@ def tiny_batch(bsz: int = 6, seed: int = 0, vocab: int = 50) -> Batch:
         "notes": text_batch(bsz, 9, vocab, gen),
     }
     return Batch(modalities=mods, size=bsz)
+
+
+@pytest.fixture
+def mk() -> Iterator[SimpleNamespace]:
+    """Builders for tiny configs, specs and batches. Seeds torch so model init is reproducible, and runs
+    on one thread: tiny ops gain nothing from two, and on a busy 2-core machine two threads wait on
+    each other at every op (tens of times slower)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield SimpleNamespace(
+        config=tiny_config,
+        specs=tiny_specs,
+        batch=tiny_batch,
+        timeseries=timeseries_batch,
+        tabular=tabular_batch,
+        text=text_batch,
+        absent=absent,
+    )
+    torch.set_num_threads(threads)
