@@ -43,19 +43,23 @@ def sklearn_baseline(data, task: str, seed: int) -> dict[str, float]:  # type: i
     x_te = flatten_samples(test, data.specs, spec.modalities)
 
     def model():  # type: ignore[no-untyped-def]
-        return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, early_stopping=True,
-                                              random_state=seed)
+        return HistGradientBoostingClassifier(
+            max_iter=200, learning_rate=0.05, early_stopping=True, random_state=seed
+        )
 
     head = spec.head
     if head.type == "regression":
         reg = HistGradientBoostingRegressor(random_state=seed).fit(x_tr, y_tr)
         return task_metrics(head, reg.predict(x_te), y_te)
     if head.type == "multilabel":
-        prob = np.column_stack([
-            model().fit(x_tr, y_tr[:, c]).predict_proba(x_te)[:, 1] if 0 < y_tr[:, c].sum() < len(y_tr)
-            else np.full(len(x_te), y_tr[:, c].mean())
-            for c in range(head.classes)
-        ])
+        prob = np.column_stack(
+            [
+                model().fit(x_tr, y_tr[:, c]).predict_proba(x_te)[:, 1]
+                if 0 < y_tr[:, c].sum() < len(y_tr)
+                else np.full(len(x_te), y_tr[:, c].mean())
+                for c in range(head.classes)
+            ]
+        )
         return task_metrics(head, prob, y_te)
     clf = model().fit(x_tr, y_tr)
     prob = clf.predict_proba(x_te)
@@ -93,33 +97,61 @@ def run_benchmark(name: str, seeds: list[int], train_config: TrainConfig, model_
     t_start = time.perf_counter()
     for seed in seeds:
         cfg = TrainConfig(**{**train_config.__dict__, "seed": seed})
-        model, result = fit(data.specs, data.splits["train"], data.splits["val"],
-                            model_config=model_config, train_config=cfg, tasks=tasks)
+        model, result = fit(
+            data.specs,
+            data.splits["train"],
+            data.splits["val"],
+            model_config=model_config,
+            train_config=cfg,
+            tasks=tasks,
+        )
         speed["train"].append(result.samples_per_s)
         speed["infer"].append(inference_rate(model, data, tasks))
         for task, m in evaluate(model, data.specs.subset(tasks), data.splits["test"], tasks).items():
             for k, v in m.items():
                 res[(task, "multi", k)].append(v)
         for task in tasks:
-            single, _ = fit(data.specs, data.splits["train"], data.splits["val"],
-                            model_config=model_config, train_config=cfg, tasks=[task])
-            for k, v in evaluate(single, data.specs.subset([task]), data.splits["test"], [task])[task].items():
+            single, _ = fit(
+                data.specs,
+                data.splits["train"],
+                data.splits["val"],
+                model_config=model_config,
+                train_config=cfg,
+                tasks=[task],
+            )
+            for k, v in evaluate(single, data.specs.subset([task]), data.splits["test"], [task])[
+                task
+            ].items():
                 res[(task, "single", k)].append(v)
             for k, v in sklearn_baseline(data, task, seed).items():
                 res[(task, "sklearn", k)].append(v)
         print(f"  {name} seed {seed} done ({time.perf_counter() - t_start:.0f}s)", flush=True)
 
-    headers = ["task", "type", "modalities", "achievable AUROC", "multitask FLAME AUROC",
-               "single-task FLAME AUROC", "sklearn HGB AUROC", "multitask AUPRC", "single-task AUPRC",
-               "sklearn AUPRC", "multitask acc", "single-task acc", "sklearn acc"]
+    headers = [
+        "task",
+        "type",
+        "modalities",
+        "achievable AUROC",
+        "multitask FLAME AUROC",
+        "single-task FLAME AUROC",
+        "sklearn HGB AUROC",
+        "multitask AUPRC",
+        "single-task AUPRC",
+        "sklearn AUPRC",
+        "multitask acc",
+        "single-task acc",
+        "sklearn acc",
+    ]
     rows = []
     for task in tasks:
         spec = data.specs.tasks[task]
         ach = data.achievable.get(task)
-        rows.append([task, spec.head.type, ", ".join(spec.modalities), "-" if ach is None else f"{ach:.3f}"]
-                    + [ms(res[(task, w, "auroc")]) for w in ("multi", "single", "sklearn")]
-                    + [ms(res[(task, w, "auprc")]) for w in ("multi", "single", "sklearn")]
-                    + [ms(res[(task, w, "accuracy")]) for w in ("multi", "single", "sklearn")])
+        rows.append(
+            [task, spec.head.type, ", ".join(spec.modalities), "-" if ach is None else f"{ach:.3f}"]
+            + [ms(res[(task, w, "auroc")]) for w in ("multi", "single", "sklearn")]
+            + [ms(res[(task, w, "auprc")]) for w in ("multi", "single", "sklearn")]
+            + [ms(res[(task, w, "accuracy")]) for w in ("multi", "single", "sklearn")]
+        )
     n = {k: len(v) for k, v in data.splits.items()}
     lines = [
         f"## {name}",
@@ -144,14 +176,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 lets two benchmark processes share 2 cores without OpenMP thrash")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 lets two benchmark processes share 2 cores without OpenMP thrash",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    train_config = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-                               progress=False, device="cpu")
+    train_config = TrainConfig(
+        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, progress=False, device="cpu"
+    )
     model_config = FlameConfig()
     header = [
         "# Multitask benchmark",

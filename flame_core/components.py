@@ -44,7 +44,9 @@ class LowRank:
         return (self.b @ self.a).reshape(self.shape)
 
 
-def functional_basis(delta: torch.Tensor, second_moment: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def functional_basis(
+    delta: torch.Tensor, second_moment: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs (descending) of `D C D^T`: the output directions of D ordered by the energy they carry
     on inputs with second moment C (C = I when None: plain singular values squared). float64."""
     d = as_matrix(delta).double()
@@ -53,7 +55,9 @@ def functional_basis(delta: torch.Tensor, second_moment: torch.Tensor | None) ->
     else:
         c = second_moment.double()
         if c.shape != (d.shape[1], d.shape[1]):
-            raise ValueError(f"second moment {tuple(c.shape)} does not match the weight's input dim {d.shape[1]}")
+            raise ValueError(
+                f"second moment {tuple(c.shape)} does not match the weight's input dim {d.shape[1]}"
+            )
         gram = d @ c @ d.T
     evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
     return evals.flip(0).clamp_min(0.0), evecs.flip(1)

@@ -53,7 +53,9 @@ def _dense(spec: ModalitySpec, payload: dict | None, tokenizer: HashTokenizer, b
         return np.asarray(vecs, dtype=float).mean(0)
     if spec.kind == "image":
         size = spec.channels * spec.dim * spec.dim
-        return np.full(size, np.nan) if payload is None else np.asarray(payload["pixels"], dtype=float).ravel()
+        return (
+            np.full(size, np.nan) if payload is None else np.asarray(payload["pixels"], dtype=float).ravel()
+        )
     counts = np.zeros(buckets)
     if payload is None:
         return np.full(buckets, np.nan)

@@ -41,7 +41,9 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.patience < 0 or self.weight_decay < 0:
-            raise ValueError(f"patience and weight_decay must be >= 0, got {self.patience}, {self.weight_decay}")
+            raise ValueError(
+                f"patience and weight_decay must be >= 0, got {self.patience}, {self.weight_decay}"
+            )
 
 
 @dataclass
@@ -160,7 +162,9 @@ def train(
     model.to(device)
     train_batch = collate(train_samples, specs, tasks=tasks)
     val_batch = collate(val_samples, specs, tasks=tasks)
-    params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    params = (
+        list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    )
     # fused: one kernel for all parameters (the CPU step is ~15x faster than the per-tensor loop).
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     generator = torch.Generator().manual_seed(config.seed)

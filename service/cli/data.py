@@ -29,7 +29,9 @@ def export(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--benchmark") from None
     if split not in data.splits:
-        raise typer.BadParameter(f"unknown split {split!r}; choose from {sorted(data.splits)}", param_hint="--split")
+        raise typer.BadParameter(
+            f"unknown split {split!r}; choose from {sorted(data.splits)}", param_hint="--split"
+        )
     write_jsonl(out, data.splits[split])
     typer.echo(f"wrote {len(data.splits[split])} samples of {benchmark}/{split} to {out}")
     if spec_out is not None:

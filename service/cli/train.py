@@ -65,8 +65,15 @@ def train_command(
 
     try:
         model_config = FlameConfig(d_model=d_model, n_experts=n_experts, top_k=top_k, gating=gating)
-        train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                   patience=patience, seed=seed, device=device)
+        train_config = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            patience=patience,
+            seed=seed,
+            device=device,
+        )
     except ValueError as e:
         raise _fail(str(e)) from None
     wanted = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
@@ -94,13 +101,19 @@ def train_command(
     try:
         chosen = wanted or labelled_tasks(train_s, specs)
         specs.subset(chosen)
-        model, result = fit(specs, train_s, val_s, model_config=model_config, train_config=train_config,
-                            tasks=chosen)
+        model, result = fit(
+            specs, train_s, val_s, model_config=model_config, train_config=train_config, tasks=chosen
+        )
     except (ValueError, SpecError) as e:
         raise _fail(str(e)) from None
     sub = specs.subset(chosen)
-    report = {"tasks": chosen, "best_epoch": result.best_epoch, "val": result.val_metrics,
-              "train_seconds": result.seconds, "train_samples_per_s": result.samples_per_s}
+    report = {
+        "tasks": chosen,
+        "best_epoch": result.best_epoch,
+        "val": result.val_metrics,
+        "train_seconds": result.seconds,
+        "train_samples_per_s": result.samples_per_s,
+    }
     _print_metrics(f"validation (best epoch {result.best_epoch})", result.val_metrics)
     if test_s:
         report["test"] = evaluate(model.cpu(), sub, test_s, chosen)

@@ -8,13 +8,15 @@ from flame_core.config import FlameConfig
 from flame_core.specs import SpecSet
 from flame_core.training import TrainConfig, evaluate, fit, labelled_tasks, predict_batch
 
-SPEC = SpecSet.from_dict({
-    "modalities": {"vitals": {"kind": "timeseries", "dim": 2}, "labs": {"kind": "tabular", "dim": 3}},
-    "tasks": [
-        {"name": "death", "modalities": ["vitals", "labs"], "head": {"type": "binary"}},
-        {"name": "stay", "modalities": ["labs"], "head": {"type": "regression"}},
-    ],
-})
+SPEC = SpecSet.from_dict(
+    {
+        "modalities": {"vitals": {"kind": "timeseries", "dim": 2}, "labs": {"kind": "tabular", "dim": 3}},
+        "tasks": [
+            {"name": "death", "modalities": ["vitals", "labs"], "head": {"type": "binary"}},
+            {"name": "stay", "modalities": ["labs"], "head": {"type": "regression"}},
+        ],
+    }
+)
 TINY = FlameConfig(d_model=16, n_experts=4, top_k=2, expert_hidden=32, ts_ref_points=4, n_heads=2)
 
 
@@ -24,21 +26,29 @@ def make_samples(n: int, seed: int) -> list[dict]:
     for i in range(n):
         risk = rng.normal()
         t = np.sort(rng.uniform(0, 48, size=rng.integers(2, 6)))
-        vit = [[float(risk + rng.normal(0, 0.3)), None if rng.random() < 0.3 else float(rng.normal())] for _ in t]
+        vit = [
+            [float(risk + rng.normal(0, 0.3)), None if rng.random() < 0.3 else float(rng.normal())] for _ in t
+        ]
         labs = [float(risk + rng.normal(0, 0.3)), None, float(rng.normal())]
         mods: dict = {"labs": {"values": labs}}
         if rng.random() < 0.7:
             mods["vitals"] = {"times": t.tolist(), "values": vit}
-        out.append({"id": f"p{i}", "modalities": mods,
-                    "labels": {"death": int(risk > 0), "stay": float(2 * risk)}})
+        out.append(
+            {"id": f"p{i}", "modalities": mods, "labels": {"death": int(risk > 0), "stay": float(2 * risk)}}
+        )
     return out
 
 
 @pytest.fixture(scope="module")
 def trained():
     train, val = make_samples(240, 0), make_samples(80, 1)
-    model, result = fit(SPEC, train, val, model_config=TINY,
-                        train_config=TrainConfig(epochs=8, batch_size=32, lr=5e-3, progress=False, device="cpu"))
+    model, result = fit(
+        SPEC,
+        train,
+        val,
+        model_config=TINY,
+        train_config=TrainConfig(epochs=8, batch_size=32, lr=5e-3, progress=False, device="cpu"),
+    )
     return model, result, val
 
 

@@ -11,16 +11,53 @@ runner = CliRunner()
 
 def test_export_train_evaluate_round_trip(tmp_path):
     for split in ("train", "val", "test"):
-        r = runner.invoke(app, ["data", "export", "--benchmark", "synthetic-icu", "--n", "300", "--split", split,
-                                "--out", str(tmp_path / f"{split}.jsonl"), "--spec-out", str(tmp_path / "spec.json")])
+        r = runner.invoke(
+            app,
+            [
+                "data",
+                "export",
+                "--benchmark",
+                "synthetic-icu",
+                "--n",
+                "300",
+                "--split",
+                split,
+                "--out",
+                str(tmp_path / f"{split}.jsonl"),
+                "--spec-out",
+                str(tmp_path / "spec.json"),
+            ],
+        )
         assert r.exit_code == 0, r.output
     spec = json.loads((tmp_path / "spec.json").read_text())
     assert "mortality" in [t["name"] for t in spec["tasks"]]
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--data", str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl"),
-                            "--test", str(tmp_path / "test.jsonl"), "--task-spec", str(tmp_path / "spec.json"),
-                            "--tasks", "mortality,los", "--epochs", "2", "--d-model", "16", "--n-experts", "4",
-                            "--out", str(out), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "train.jsonl"),
+            "--val",
+            str(tmp_path / "val.jsonl"),
+            "--test",
+            str(tmp_path / "test.jsonl"),
+            "--task-spec",
+            str(tmp_path / "spec.json"),
+            "--tasks",
+            "mortality,los",
+            "--epochs",
+            "2",
+            "--d-model",
+            "16",
+            "--n-experts",
+            "4",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "mortality" in r.output and "auroc" in r.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -32,14 +69,28 @@ def test_export_train_evaluate_round_trip(tmp_path):
 
 
 def test_bad_user_data_names_line_and_field(tmp_path):
-    spec = {"modalities": {"labs": {"kind": "tabular", "dim": 2}},
-            "tasks": [{"name": "death", "modalities": ["labs"], "head": {"type": "binary"}}]}
+    spec = {
+        "modalities": {"labs": {"kind": "tabular", "dim": 2}},
+        "tasks": [{"name": "death", "modalities": ["labs"], "head": {"type": "binary"}}],
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     good = {"modalities": {"labs": {"values": [1.0, 2.0]}}, "label": 1}
     bad = {"modalities": {"labs": {"values": [1.0, 2.0, 3.0]}}, "label": 0}
     (tmp_path / "train.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-    r = runner.invoke(app, ["train", "--data", str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "train.jsonl"),
-                            "--task-spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "run")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "train.jsonl"),
+            "--val",
+            str(tmp_path / "train.jsonl"),
+            "--task-spec",
+            str(tmp_path / "spec.json"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert r.exit_code == 2
     assert "labs" in r.output and "values" in r.output
 
