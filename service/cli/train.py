@@ -16,14 +16,21 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load_user_data(path: Path, specs, tasks, option: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def _load_user_data(path: Path, specs, tasks, option: str, *, drop_other_labels: bool = False) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Read and validate a JSONL file. `drop_other_labels` ignores labels of tasks the model lacks
+    (evaluating a model of some tasks on a file labelled for more)."""
     from flame_core.jsonl import read_jsonl
     from flame_core.validation import SampleInvalid, validate_dataset
 
     if not path.is_file():
         raise _fail(f"{option} {path}: file not found")
     try:
-        return validate_dataset(read_jsonl(path), specs, tasks, require_label=False)
+        samples = read_jsonl(path)
+        if drop_other_labels:
+            for s in samples:
+                if isinstance(s.get("labels"), dict):
+                    s["labels"] = {t: v for t, v in s["labels"].items() if t in specs.tasks}
+        return validate_dataset(samples, specs, tasks, require_label=False)
     except (SampleInvalid, ValueError) as e:
         raise _fail(f"{option} {path}: {e}") from None
 
@@ -136,7 +143,7 @@ def evaluate_command(
         model, specs, _ = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e)) from None
-    samples = _load_user_data(data, specs, None, "--data")
+    samples = _load_user_data(data, specs, None, "--data", drop_other_labels=True)
     tasks = labelled_tasks(samples, specs)
     if not tasks:
         raise _fail(f"--data {data}: no sample has a label for any of {sorted(specs.tasks)}")
