@@ -72,7 +72,7 @@ def sklearn_baseline(data, task: str, seed: int) -> dict[str, float]:  # type: i
 
 def inference_rate(model, data, tasks) -> float:  # type: ignore[no-untyped-def]
     sub = data.specs.subset(tasks)
-    batch = collate(data.splits["test"], sub, tasks=tasks)
+    batch = collate(data.splits["test"], sub, tasks=tasks, tokenizer=model.config.tokenizer())
     times = []
     for _ in range(3):
         t0 = time.perf_counter()

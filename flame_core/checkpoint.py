@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from flame_core.components import LowRank
 from flame_core.config import FlameConfig
+from flame_core.continual import ContinualFlame, Stage
 from flame_core.model import Flame, build_flame
 from flame_core.specs import SpecSet
 
@@ -65,3 +67,99 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     model.load_state_dict(load_file(src / WEIGHTS, device="cpu"), strict=True)
     model.to(device).eval()
     return model, specs, meta.get("extra", {})
+
+
+def continual_tensors(cl: ContinualFlame) -> dict[str, torch.Tensor]:
+    """Every tensor of a continual model, by a stable name (model state + frozen stage tensors)."""
+    if cl._live is not None:
+        raise ValueError(f"stage {cl._live.index} is still open; end it before saving")
+    out = {f"model.{k}": v for k, v in cl.model.state_dict().items()}
+    for s in cl.stages:
+        for n, d in s.deltas.items():
+            if isinstance(d, LowRank):
+                out[f"stage{s.index}.delta.{n}.b"], out[f"stage{s.index}.delta.{n}.a"] = d.b, d.a
+            else:
+                out[f"stage{s.index}.delta.{n}.full"] = d
+        for n, r in s.routers.items():
+            out[f"stage{s.index}.router.{n}"] = r
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def continual_manifest(cl: ContinualFlame) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "kind": "continual",
+        "model": asdict(cl.model.config),
+        "rank_budget": cl.rank_budget,
+        "stages": [
+            {
+                "index": s.index,
+                "specs": cl.specs.subset(s.tasks).to_dict(),
+                "tasks": s.tasks,
+                "modalities": s.modalities,
+                "new_modalities": s.new_modalities,
+                "ranks": s.ranks,
+                "shapes": {n: list(d.shape) for n, d in s.deltas.items() if isinstance(d, LowRank)},
+            }
+            for s in cl.stages
+        ],
+        "birth": cl.birth,
+        "cursor": cl.cursor,
+    }
+
+
+def save_continual(directory: str | Path, cl: ContinualFlame, extra: dict[str, Any] | None = None) -> Path:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = continual_tensors(cl)
+    _atomic_write(out / WEIGHTS, lambda p: save_file(tensors, p))
+    meta = {**continual_manifest(cl), "extra": extra or {}}
+    _atomic_write(out / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    return out
+
+
+def build_continual(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ContinualFlame:
+    """Rebuild a `ContinualFlame` from its manifest and tensors: the modules are created stage by stage
+    in their original order, then every tensor is loaded."""
+    config = FlameConfig(**meta["model"])
+    stages = meta["stages"]
+    model = build_flame(config, SpecSet.from_dict(stages[0]["specs"]))
+    for s in stages[1:]:
+        model.extend(SpecSet.from_dict(s["specs"]))
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    cl = ContinualFlame(model, rank_budget=meta.get("rank_budget"))
+    cl.birth = {k: int(v) for k, v in meta["birth"].items()}
+    cl.cursor = {k: int(v) for k, v in meta["cursor"].items()}
+    cl.stages = []
+    for s in stages:
+        i = s["index"]
+        stage = Stage(i, list(s["tasks"]), list(s["modalities"]), list(s["new_modalities"]))
+        for key, v in tensors.items():
+            prefix = f"stage{i}."
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix) :]
+            if rest.startswith("router."):
+                stage.routers[rest[len("router.") :]] = v
+            elif rest.endswith(".full"):
+                stage.deltas[rest[len("delta.") : -len(".full")]] = v
+            elif rest.endswith(".b"):
+                name = rest[len("delta.") : -len(".b")]
+                a = tensors[f"{prefix}delta.{name}.a"]
+                stage.deltas[name] = LowRank(v, a, tuple(s["shapes"][name]))
+        cl.stages.append(stage)
+    cl.eval()
+    return cl
+
+
+def load_continual(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ContinualFlame, dict]:
+    src = Path(directory)
+    for name in (CONFIG, WEIGHTS):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src / name} not found: is {src} a FLAME continual checkpoint?")
+    meta = json.loads((src / CONFIG).read_text())
+    if meta.get("kind") != "continual":
+        raise ValueError(f"{src / CONFIG} is not a continual checkpoint")
+    cl = build_continual(meta, load_file(src / WEIGHTS, device="cpu"))
+    return cl.to(device), meta.get("extra", {})

@@ -181,10 +181,8 @@ def collate(
         raise ValueError(f"unknown tasks {unknown}; known: {sorted(specs.tasks)}")
     used = {m for t in task_names for m in specs.tasks[t].modalities}
     names = [m for m in specs.modalities if tasks is None or m in used]
-    for s in samples:
-        extra = set(s["modalities"]) - set(specs.modalities)
-        if extra:
-            raise ValueError(f"sample {s.get('id')!r}: unknown modalities {sorted(extra)}")
+    # Modalities outside `specs` are ignored here (a model of some tasks reading samples that carry
+    # more); `validation.validate_sample` is where an unknown modality is an error.
     tokenizer = tokenizer or HashTokenizer()
 
     mods: dict[str, ModalityBatch] = {}

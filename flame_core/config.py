@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flame_core.tokenizer import HashTokenizer
+
 GATINGS: tuple[str, ...] = ("softmax", "laplace", "gaussian")
 
 
@@ -71,3 +73,7 @@ class FlameConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"FlameConfig.{name} must be a number >= 0, got {value!r}")
+
+    def tokenizer(self) -> HashTokenizer:
+        """The text tokenizer this model's embedding table was sized for."""
+        return HashTokenizer(n_buckets=self.text_buckets, max_tokens=self.text_max_tokens)

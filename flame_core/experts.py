@@ -10,7 +10,7 @@ function, which lets the MoE layer pack the tokens of every modality routed to a
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,9 @@ class Expert(nn.Module):
         self.fc1 = nn.Linear(d_model, hidden)
         self.fc2 = nn.Linear(hidden, d_model)
         self.kernel, self.dropout = kernel, dropout
+        # Optional callback (windows, h, u) -> None: the inputs of conv, fc1 and fc2, for the
+        # routed-input statistics of continual learning and the spectral analysis.
+        self.observe: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors the forward pass uses, by parameter name (`conv.weight`, `fc1.bias`, ...)."""
@@ -77,6 +80,8 @@ class Expert(nn.Module):
         c = F.linear(windows, conv_matrix(w["conv.weight"]), w["conv.bias"])  # (N, d)
         h = F.layer_norm(x + F.gelu(c), (d,), w["norm.weight"], w["norm.bias"], self.norm.eps)
         u = fast_dropout(F.gelu(F.linear(h, w["fc1.weight"], w["fc1.bias"])), self.dropout, self.training)
+        if self.observe is not None:
+            self.observe(windows, h, u)
         return F.linear(u, w["fc2.weight"], w["fc2.bias"])  # (N, d)
 
     def forward(

@@ -124,6 +124,33 @@ class Flame(nn.Module):
             }
         )
 
+    def extend(self, specs: SpecSet) -> tuple[list[str], list[str]]:
+        """Grow the model for `specs` (a superset of the current ones, see `SpecSet.merge`): fresh
+        encoders, attention, norms and routers for new modalities and fresh heads for new tasks.
+        Existing modules are left exactly as they are. Returns (new modalities, new tasks)."""
+        merged = self.specs.merge(
+            SpecSet(
+                modalities={m: s for m, s in specs.modalities.items()},
+                tasks={t: s for t, s in specs.tasks.items() if t not in self.specs.tasks},
+            )
+        )
+        new_mods = [m for m in merged.modalities if m not in self.specs.modalities]
+        new_tasks = [t for t in merged.tasks if t not in self.specs.tasks]
+        cfg, d = self.config, self.config.d_model
+        device = next(self.parameters()).device
+        for m in new_mods:
+            self.encoders[m] = build_encoder(merged.modalities[m], cfg).to(device)
+            for block in self.blocks:
+                block.attn_norm[m] = nn.LayerNorm(d).to(device)
+                block.attn[m] = SelfAttention(d, cfg.n_heads).to(device)
+                block.moe_norm[m] = nn.LayerNorm(d).to(device)
+                block.routers[m] = Router(d, cfg.n_experts, cfg.top_k, cfg.gating, cfg.noise).to(device)
+        for t in new_tasks:
+            spec = merged.tasks[t]
+            self.heads[t] = TaskHead(spec.modalities, d, spec.head.out_dim).to(device)
+        self.specs = merged
+        return new_mods, new_tasks
+
     def _absent(self, bsz: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Routing]:
         k = self.config.top_k
         none = torch.zeros(bsz, dtype=torch.bool, device=device)

@@ -239,3 +239,20 @@ class SpecSet:
         tasks = {t: self.tasks[t] for t in task_names}
         used = {m for t in tasks.values() for m in t.modalities}
         return SpecSet(modalities={n: s for n, s in self.modalities.items() if n in used}, tasks=tasks)
+
+    def merge(self, other: SpecSet) -> SpecSet:
+        """Add `other`'s modalities and tasks (a continual stage). A modality may be re-declared only
+        identically; a task name may not be reused."""
+        for name, spec in other.modalities.items():
+            if name in self.modalities and self.modalities[name] != spec:
+                raise SpecError(
+                    f"modality {name!r} is already declared as {self.modalities[name].to_dict()}, "
+                    f"got {spec.to_dict()}",
+                    f"modalities.{name}",
+                )
+        clash = sorted(set(other.tasks) & set(self.tasks))
+        if clash:
+            raise SpecError(f"tasks {clash} already exist; a new stage needs new task names", "tasks")
+        return SpecSet(
+            modalities={**self.modalities, **other.modalities}, tasks={**self.tasks, **other.tasks}
+        )

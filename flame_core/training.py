@@ -133,7 +133,7 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics per task on labelled `samples` (validated beforehand)."""
     tasks = list(tasks) if tasks is not None else labelled_tasks(samples, specs)
-    batch = collate(samples, specs, tasks=tasks)
+    batch = collate(samples, specs, tasks=tasks, tokenizer=model.config.tokenizer())
     return evaluate_batch(model, batch, specs, tasks)
 
 
@@ -160,8 +160,9 @@ def train(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model.to(device)
-    train_batch = collate(train_samples, specs, tasks=tasks)
-    val_batch = collate(val_samples, specs, tasks=tasks)
+    tokenizer = model.config.tokenizer()
+    train_batch = collate(train_samples, specs, tasks=tasks, tokenizer=tokenizer)
+    val_batch = collate(val_samples, specs, tasks=tasks, tokenizer=tokenizer)
     params = (
         list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     )

@@ -146,8 +146,11 @@ def test_bad_rows_raise_value_error() -> None:
     bad = [{"modalities": {"vitals": {"times": [0, 1], "values": [[1, 2, 3], [1]]}}}]
     with pytest.raises(ValueError, match="vitals"):
         collate(bad, SPECS)
-    with pytest.raises(ValueError, match="unknown modalities"):
-        collate([{"modalities": {"ecg": {}}}], SPECS)
+
+
+def test_modalities_outside_the_specs_are_ignored() -> None:
+    batch = collate([{"modalities": {"ecg": {}, "labs": {"values": [1, 2, 3]}}}], SPECS)
+    assert "ecg" not in batch.modalities and bool(batch.modalities["labs"].present[0])
 
 
 def test_loader_batches_and_seeded_shuffle() -> None:

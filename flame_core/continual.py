@@ -1,0 +1,277 @@
+"""FLAME continual learning: stacked low-rank stages on frozen experts, with a cursor per task.
+
+Stage 0 is the multitask-pretrained `Flame`. Each later stage t trains, on the frozen model:
+- a zero-initialised full-shape delta for every "stacked" parameter that existed before t (experts,
+  attention, norms and encoders of modalities seen before); matrices are then truncated to rank r;
+- fresh router heads for every modality of the stage (initialised from the previous heads);
+- heads of the stage's new tasks and every module of its new modalities (trained directly).
+A task introduced at stage c runs with `W_0 + sum_{s<=c} B_s A_s`, stage c's router heads and its
+own head. Later stages add modules and deltas the cursor-c forward pass never reads, and effective
+weights are computed by elementwise float64 sums in a fixed order, so cursor c's outputs stay
+bit-identical (`torch.equal`) whatever happens later, and after a save/load round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from flame_core.batch import Batch
+from flame_core.components import LowRank, choose_rank, truncate
+from flame_core.model import Flame, FlameOutput
+from flame_core.specs import SpecSet
+
+
+class CapacityExceeded(ValueError):
+    """A stage would push some weight's cumulative reserved rank past the configured budget."""
+
+
+def kind_of(name: str) -> str:
+    """'head' (per task), 'router' (per stage) or 'stacked' (base + per-stage deltas)."""
+    if name.startswith("heads."):
+        return "head"
+    parts = name.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[2] == "routers":
+        return "router"
+    return "stacked"
+
+
+def materialise(base: torch.Tensor, deltas: Sequence[LowRank | torch.Tensor]) -> torch.Tensor:
+    """base + sum of deltas in float64 with elementwise ops only (rank-one updates, no matmul), so the
+    result is bit-reproducible on any thread count; rounded to the base's dtype once at the end."""
+    acc = base.detach().double().clone()
+    for delta in deltas:
+        if isinstance(delta, LowRank):
+            mat = acc.view(acc.shape[0], -1)
+            b, a = delta.b.double(), delta.a.double()
+            for i in range(delta.rank):
+                mat += b[:, i : i + 1] * a[i : i + 1, :]
+        else:
+            acc += delta.detach().double()
+    return acc.to(base.dtype)
+
+
+@dataclass
+class Stage:
+    """A finished stage: frozen deltas and router heads, by parameter name."""
+
+    index: int
+    tasks: list[str]
+    modalities: list[str]
+    new_modalities: list[str]
+    deltas: dict[str, LowRank | torch.Tensor] = field(default_factory=dict)
+    routers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {n: d.rank for n, d in self.deltas.items() if isinstance(d, LowRank)}
+
+    def stored_numel(self) -> int:
+        return sum(d.numel if isinstance(d, LowRank) else d.numel() for d in self.deltas.values()) + sum(
+            r.numel() for r in self.routers.values()
+        )
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class ContinualFlame(nn.Module):
+    """A `Flame` model plus its stages and task cursors. `forward(batch, tasks)` runs each task at its
+    cursor; during a stage (between `begin_stage` and `end_stage`) the stage's tasks run live."""
+
+    def __init__(self, model: Flame, rank_budget: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.rank_budget = rank_budget
+        self.cursor: dict[str, int] = {t: 0 for t in model.specs.tasks}
+        self.birth: dict[str, int] = {n: 0 for n, _ in model.named_parameters()}
+        self.stages: list[Stage] = [Stage(0, list(model.specs.tasks), list(model.specs.modalities), [])]
+        self.live_deltas = nn.ParameterDict()
+        self.live_routers = nn.ParameterDict()
+        self._live: Stage | None = None
+        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def specs(self) -> SpecSet:
+        return self.model.specs
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.model.config
+
+    @property
+    def current_stage(self) -> int:
+        return len(self.stages) - 1 if self._live is None else self._live.index
+
+    # ---- stage lifecycle -------------------------------------------------------------------------
+    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
+        """Open stage t for the new tasks in `specs`; returns exactly the parameters to optimise."""
+        if self._live is not None:
+            raise RuntimeError(f"stage {self._live.index} is still open; call end_stage first")
+        t = len(self.stages)
+        before = dict(self.model.named_parameters())
+        new_mods, new_tasks = self.model.extend(specs)
+        if not new_tasks:
+            raise ValueError("a continual stage needs at least one new task")
+        mods = [
+            m for m in self.specs.modalities if any(m in self.specs.tasks[x].modalities for x in new_tasks)
+        ]
+        self._live = Stage(t, new_tasks, mods, new_mods)
+        trainable: list[nn.Parameter] = []
+        for name, p in self.model.named_parameters():
+            if name not in before:
+                self.birth[name] = t
+                p.requires_grad_(True)
+                trainable.append(p)
+            elif kind_of(name) == "stacked":
+                self.live_deltas[_key(name)] = nn.Parameter(torch.zeros_like(p))
+        prev = self._params(t - 1)
+        for m in mods:
+            if m in new_mods:
+                continue  # the module's own router, created just now, is this stage's head
+            for name, p in self.model.named_parameters():
+                if kind_of(name) == "router" and name.split(".")[3] == m:
+                    self.live_routers[_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
+        trainable += list(self.live_deltas.values()) + list(self.live_routers.values())
+        for x in new_tasks:
+            self.cursor[x] = t
+        return trainable
+
+    def end_stage(
+        self,
+        rank: int | str = "auto",
+        energy: float = 0.99,
+        second_moments: dict[str, torch.Tensor] | None = None,
+    ) -> Stage:
+        """Truncate the stage's matrix deltas (data-aware when `second_moments` has the weight's routed-
+        input second moment), check the rank budget, then freeze everything the stage trained."""
+        if self._live is None:
+            raise RuntimeError("no stage is open")
+        stage, moments = self._live, second_moments or {}
+        deltas: dict[str, LowRank | torch.Tensor] = {}
+        for key, p in self.live_deltas.items():
+            name = key.replace("__", ".")
+            d = p.detach()
+            if d.dim() < 2:
+                if torch.count_nonzero(d):
+                    deltas[name] = d.clone()
+                continue
+            c = moments.get(name)
+            r = choose_rank(d, rank, energy, c)
+            if r > 0:
+                deltas[name] = truncate(d, r, c)
+        self._check_budget(deltas)
+        stage.deltas = deltas
+        stage.routers = {k.replace("__", "."): p.detach().clone() for k, p in self.live_routers.items()}
+        for name, p in self.model.named_parameters():
+            if self.birth[name] == stage.index:
+                p.requires_grad_(False)
+        self.live_deltas = nn.ParameterDict()
+        self.live_routers = nn.ParameterDict()
+        self.stages.append(stage)
+        self._live = None
+        return stage
+
+    def reserved_rank(self) -> dict[str, int]:
+        """Cumulative rank reserved per matrix weight over all finished stages."""
+        total: dict[str, int] = {}
+        for s in self.stages:
+            for n, r in s.ranks.items():
+                total[n] = total.get(n, 0) + r
+        return total
+
+    def _check_budget(self, deltas: dict[str, LowRank | torch.Tensor]) -> None:
+        if self.rank_budget is None:
+            return
+        reserved = self.reserved_rank()
+        over = {
+            n: reserved.get(n, 0) + d.rank
+            for n, d in deltas.items()
+            if isinstance(d, LowRank) and reserved.get(n, 0) + d.rank > self.rank_budget
+        }
+        if over:
+            worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
+            raise CapacityExceeded(
+                f"stage {self._live.index if self._live else '?'} would exceed the reserved-rank budget "
+                f"{self.rank_budget} on {len(over)} weights, e.g. "
+                + ", ".join(f"{n} ({r})" for n, r in worst)
+            )
+
+    # ---- cursor forward ----------------------------------------------------------------------------
+    def _params(self, c: int) -> dict[str, torch.Tensor]:
+        """Parameter overrides for cursor c (cached for finished stages; live tensors for the open one)."""
+        if self._live is not None and c == self._live.index:
+            prev, own = self._params(c - 1), dict(self.model.named_parameters())
+            out = {}
+            for key, d in self.live_deltas.items():
+                name = key.replace("__", ".")
+                out[name] = prev.get(name, own[name]).detach() + d
+            out.update({k.replace("__", "."): p for k, p in self.live_routers.items()})
+            return out
+        if c not in self._cache:
+            self._cache[c] = self._materialise(c)
+        return self._cache[c]
+
+    def _materialise(self, c: int) -> dict[str, torch.Tensor]:
+        if c == 0:
+            return {}
+        out = {}
+        for name, p in self.model.named_parameters():
+            if kind_of(name) != "stacked" or self.birth[name] >= c:
+                continue
+            chain = [s.deltas[name] for s in self.stages[self.birth[name] + 1 : c + 1] if name in s.deltas]
+            if chain:
+                out[name] = materialise(p, chain)
+        out.update(self.stages[c].routers)
+        return out
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Moves and casts (`.to`, `.cuda`) reach the frozen stage tensors too; caches are rebuilt."""
+        super()._apply(fn, recurse)
+        for s in self.stages:
+            s.deltas = {
+                n: LowRank(fn(d.b), fn(d.a), d.shape) if isinstance(d, LowRank) else fn(d)
+                for n, d in s.deltas.items()
+            }
+            s.routers = {n: fn(r) for n, r in s.routers.items()}
+        self._cache.clear()
+        return self
+
+    def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
+        """Each task at its own cursor; tasks sharing a cursor share one pass. Aux losses are summed and
+        routing is merged (the last cursor's routing wins for a modality several cursors use)."""
+        names = list(self.specs.tasks) if tasks is None else list(tasks)
+        unknown = [t for t in names if t not in self.cursor]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; known: {sorted(self.cursor)}")
+        groups: dict[int, list[str]] = {}
+        for t in names:
+            groups.setdefault(self.cursor[t], []).append(t)
+        outs = [
+            functional_call(self.model, self._params(c), (batch, group), strict=False)
+            for c, group in sorted(groups.items())
+        ]
+        if len(outs) == 1:
+            return outs[0]
+        merged = FlameOutput(
+            {}, outs[0].aux_loss * 0, outs[0].balance_loss * 0, outs[0].interaction_loss * 0, {}
+        )
+        for o in outs:
+            merged.outputs.update(o.outputs)
+            merged.routing.update(o.routing)
+            merged = merged._replace(
+                aux_loss=merged.aux_loss + o.aux_loss,
+                balance_loss=merged.balance_loss + o.balance_loss,
+                interaction_loss=merged.interaction_loss + o.interaction_loss,
+            )
+        return merged
