@@ -2,7 +2,8 @@
 
 Stage 0 is the multitask-pretrained `Flame`. Each later stage t trains, on the frozen model:
 - a zero-initialised full-shape delta for every "stacked" parameter that existed before t (experts,
-  attention, norms and encoders of modalities seen before); matrices are then truncated to rank r;
+  attention, norms and encoders of modalities seen before; not `nn.Embedding` lookup tables, which a
+  low-rank delta would store at vocabulary size); matrices are then truncated to rank r;
 - fresh router heads for every modality of the stage (initialised from the previous heads);
 - heads of the stage's new tasks and every module of its new modalities (trained directly).
 A task introduced at stage c runs with `W_0 + sum_{s<=c} B_s A_s`, stage c's router heads and its
@@ -84,10 +85,15 @@ class ContinualFlame(nn.Module):
     """A `Flame` model plus its stages and task cursors. `forward(batch, tasks)` runs each task at its
     cursor; during a stage (between `begin_stage` and `end_stage`) the stage's tasks run live."""
 
-    def __init__(self, model: Flame, rank_budget: int | None = None) -> None:
+    def __init__(self, model: Flame, rank_budget: int | None = None, adapter_rank: int | None = None) -> None:
+        """`adapter_rank` switches the stage parameterisation to LoRA (the `lora` baseline): matrices get
+        a trained `B A` of that rank (B zero, A random) with no truncation, and vectors no delta."""
         super().__init__()
         self.model = model
         self.rank_budget = rank_budget
+        self.adapter_rank = adapter_rank
+        self.live_a = nn.ParameterDict()
+        self.live_b = nn.ParameterDict()
         self.cursor: dict[str, int] = {t: 0 for t in model.specs.tasks}
         self.birth: dict[str, int] = {n: 0 for n, _ in model.named_parameters()}
         self.stages: list[Stage] = [Stage(0, list(model.specs.tasks), list(model.specs.modalities), [])]
@@ -125,13 +131,21 @@ class ContinualFlame(nn.Module):
         ]
         self._live = Stage(t, new_tasks, mods, new_mods)
         trainable: list[nn.Parameter] = []
+        lookups = {f"{n}.weight" for n, mod in self.model.named_modules() if isinstance(mod, nn.Embedding)}
         for name, p in self.model.named_parameters():
+            if name in lookups and name in before:
+                continue  # lookup tables are not linear layers: no delta (as in the reference code)
             if name not in before:
                 self.birth[name] = t
                 p.requires_grad_(True)
                 trainable.append(p)
-            elif kind_of(name) == "stacked":
+            elif kind_of(name) == "stacked" and self.adapter_rank is None:
                 self.live_deltas[_key(name)] = nn.Parameter(torch.zeros_like(p))
+            elif kind_of(name) == "stacked" and p.dim() >= 2:
+                fan_in = p[0].numel()
+                r = min(self.adapter_rank, p.shape[0], fan_in)
+                self.live_b[_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
+                self.live_a[_key(name)] = nn.Parameter(torch.randn(r, fan_in, device=p.device) / fan_in**0.5)
         prev = self._params(t - 1)
         for m in mods:
             if m in new_mods:
@@ -139,7 +153,8 @@ class ContinualFlame(nn.Module):
             for name, p in self.model.named_parameters():
                 if kind_of(name) == "router" and name.split(".")[3] == m:
                     self.live_routers[_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
-        trainable += list(self.live_deltas.values()) + list(self.live_routers.values())
+        trainable += [*self.live_deltas.values(), *self.live_b.values(), *self.live_a.values()]
+        trainable += list(self.live_routers.values())
         for x in new_tasks:
             self.cursor[x] = t
         return trainable
@@ -167,6 +182,10 @@ class ContinualFlame(nn.Module):
             r = choose_rank(d, rank, energy, c)
             if r > 0:
                 deltas[name] = truncate(d, r, c)
+        for key, b in self.live_b.items():
+            name = key.replace("__", ".")
+            shape = tuple(dict(self.model.named_parameters())[name].shape)
+            deltas[name] = LowRank(b.detach().clone(), self.live_a[key].detach().clone(), shape)
         self._check_budget(deltas)
         stage.deltas = deltas
         stage.routers = {k.replace("__", "."): p.detach().clone() for k, p in self.live_routers.items()}
@@ -175,6 +194,7 @@ class ContinualFlame(nn.Module):
                 p.requires_grad_(False)
         self.live_deltas = nn.ParameterDict()
         self.live_routers = nn.ParameterDict()
+        self.live_a, self.live_b = nn.ParameterDict(), nn.ParameterDict()
         self.stages.append(stage)
         self._live = None
         return stage
@@ -213,6 +233,10 @@ class ContinualFlame(nn.Module):
             for key, d in self.live_deltas.items():
                 name = key.replace("__", ".")
                 out[name] = prev.get(name, own[name]).detach() + d
+            for key, b in self.live_b.items():
+                name = key.replace("__", ".")
+                base = prev.get(name, own[name]).detach()
+                out[name] = base + (b @ self.live_a[key]).reshape(base.shape)
             out.update({k.replace("__", "."): p for k, p in self.live_routers.items()})
             return out
         if c not in self._cache:

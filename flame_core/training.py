@@ -146,11 +146,13 @@ def train(
     *,
     tasks: Sequence[str] | None = None,
     parameters: Sequence[torch.nn.Parameter] | None = None,
+    penalty: Callable[[], torch.Tensor | None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train `model` on all `tasks` jointly; keep the weights of the best validation epoch.
 
-    `parameters` restricts the optimizer (continual stages pass only their own components).
+    `parameters` restricts the optimizer (continual stages pass only their own components);
+    `penalty()` is added to every step's loss (EWC).
     """
     tasks = list(tasks) if tasks is not None else labelled_tasks(train_samples, specs)
     if not tasks:
@@ -184,6 +186,9 @@ def train(
         for i in range(0, train_batch.size, config.batch_size):
             batch = train_batch.select(order[i : i + config.batch_size]).to(device)
             loss = batch_loss(model, batch, specs, tasks)
+            extra = penalty() if penalty is not None else None
+            if extra is not None:
+                loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:

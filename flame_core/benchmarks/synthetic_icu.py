@@ -127,14 +127,14 @@ PHENOTYPES = (  # name, factor a, weight a, factor b, weight b, prevalence
     ("ckd", 2, 1.8, 1, 0.4, 0.15),
     ("chf", 1, 1.8, 2, 0.6, 0.20),
     ("arrhythmia", 1, 1.4, 0, 0.5, 0.25),
-    ("acs", 1, 1.6, 0, 0.8, 0.08),
+    ("acs", 1, 1.6, 0, 0.8, 0.09),
     ("copd", 4, 1.6, 1, 0.4, 0.20),
-    ("ards", 4, 1.8, 3, 0.8, 0.07),
+    ("ards", 4, 1.8, 3, 0.8, 0.08),
     ("pneumonia", 4, 1.2, 3, 1.2, 0.25),
     ("diabetes", 2, 0.9, 1, 0.9, 0.35),
     ("hypertension", 1, 1.0, 2, 1.0, 0.40),
     ("liver_disease", 0, 1.4, 2, 0.6, 0.10),
-    ("gi_bleed", 0, 1.4, 1, -0.6, 0.06),
+    ("gi_bleed", 0, 1.4, 1, -0.6, 0.07),
     ("delirium", 0, 1.3, 3, 0.8, 0.20),
     ("coagulopathy", 0, 1.2, 3, 1.0, 0.12),
     ("anemia", 0, 1.0, 2, 1.0, 0.30),
@@ -142,7 +142,7 @@ PHENOTYPES = (  # name, factor a, weight a, factor b, weight b, prevalence
     ("shock", 0, 1.8, 1, 0.8, 0.10),
     ("resp_failure", 4, 1.6, 0, 1.0, 0.15),
     ("uti", 3, 1.3, 2, 0.5, 0.12),
-    ("cardiac_arrest", 1, 1.6, 0, 1.4, 0.05),
+    ("cardiac_arrest", 1, 1.6, 0, 1.4, 0.06),
     ("fluid_overload", 1, 1.2, 2, 1.2, 0.15),
     ("hypotension", 0, 1.0, 1, 1.2, 0.25),
     ("malnutrition", 0, 1.2, 4, 0.6, 0.18),
@@ -180,7 +180,7 @@ def true_risks(z: np.ndarray) -> dict[str, np.ndarray]:
         "los": _sigmoid(-0.3 + 0.6 * sev + 0.2 * card + 0.5 * ren + 1.0 * inf + 0.9 * resp),
         "readmission": _sigmoid(-1.4 - 0.3 * sev + 1.3 * card + 1.2 * ren),
     }
-    s = 1.3 * sev + 0.4 * card + 0.2 * ren + 0.4 * inf + 0.7 * resp  # acuity score, adjacent-category model
+    s = 1.3 * sev + 0.3 * inf + 0.8 * resp  # acuity score, adjacent-category model
     logits = np.stack([k * 1.2 * s + b for k, b in enumerate((0.0, 1.2, 1.0, -0.8))], axis=1)
     logits -= logits.max(axis=1, keepdims=True)
     risks["acuity"] = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)

@@ -1,0 +1,34 @@
+"""Continual-learning strategies, one module each, behind `strategies.base.Strategy`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flame_core.strategies.base import Strategy
+
+STRATEGIES: tuple[str, ...] = ("flame", "finetune", "ewc", "lora", "expand")
+
+
+def build_strategy(name: str, **options: Any) -> Strategy:
+    """A fresh strategy by name; options are the strategy's own (rank, energy, lam, ...)."""
+    if name == "flame":
+        from flame_core.strategies.flame import FlameStrategy
+
+        return FlameStrategy(**options)
+    if name == "finetune":
+        from flame_core.strategies.finetune import FinetuneStrategy
+
+        return FinetuneStrategy(**options)
+    if name == "lora":
+        from flame_core.strategies.lora import LoraStrategy
+
+        return LoraStrategy(**options)
+    if name == "ewc":
+        from flame_core.strategies.ewc import EwcStrategy
+
+        return EwcStrategy(**options)
+    if name == "expand":
+        from flame_core.strategies.expand import ExpandStrategy
+
+        return ExpandStrategy(**options)
+    raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")

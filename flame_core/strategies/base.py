@@ -1,0 +1,57 @@
+"""The continual-learning strategy interface: a few hooks around the shared stage loop.
+
+The loop (`flame_core.stream.run_stream`) pretrains stage 0 as multitask FLAME, then for every
+later stage: `begin_stage` -> train the returned parameters on the stage's tasks (loss + `penalty`)
+-> `end_stage` -> evaluate every task seen so far through `module`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from flame_core.batch import Batch
+from flame_core.model import Flame
+from flame_core.specs import SpecSet
+
+
+def numel(params: Sequence[torch.Tensor] | Any) -> int:
+    return int(sum(p.numel() for p in params))
+
+
+class Strategy:
+    """Base class: subclasses override the hooks they need (at most one level of subclassing)."""
+
+    name = "base"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.module: nn.Module | None = None
+
+    def wrap(self, model: Flame) -> nn.Module:
+        """Take the stage-0 multitask model; return the module that runs `module(batch, tasks)`."""
+        self.module = model
+        return model
+
+    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
+        """Grow for the stage's new tasks/modalities; return exactly the parameters to optimise."""
+        raise NotImplementedError
+
+    def penalty(self) -> torch.Tensor | None:
+        """Extra loss term while training a stage (EWC); None for none."""
+        return None
+
+    def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
+        """Called after training; returns facts worth reporting (ranks, pre-truncation scores, ...)."""
+        return {}
+
+    def stage_parameters(self) -> int:
+        """Parameters the last stage added or changed that must be stored to serve its tasks."""
+        raise NotImplementedError
+
+    def serving_parameters(self) -> int:
+        """Everything kept to serve every task seen so far (method-attributable, with the base)."""
+        raise NotImplementedError

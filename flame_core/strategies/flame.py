@@ -1,0 +1,53 @@
+"""FLAME-CL: zero-initialised stage deltas on the frozen model, truncated by routed-input energy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from flame_core.batch import Batch
+from flame_core.continual import ContinualFlame
+from flame_core.model import Flame
+from flame_core.specs import SpecSet
+from flame_core.statistics import routed_second_moments
+from flame_core.strategies.base import Strategy, numel
+
+
+class FlameStrategy(Strategy):
+    """Options: rank (int or "auto"), energy (target share for "auto"), rank_budget."""
+
+    name = "flame"
+
+    def wrap(self, model: Flame) -> nn.Module:
+        self.cl = ContinualFlame(model, rank_budget=self.options.get("rank_budget"))
+        self.module = self.cl
+        self._stage_extra = 0
+        return self.cl
+
+    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
+        params = self.cl.begin_stage(specs)
+        own = {id(p) for p in (*self.cl.live_deltas.values(), *self.cl.live_routers.values())}
+        self._stage_extra = numel(p for p in params if id(p) not in own)  # new heads and encoders
+        return params
+
+    def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
+        moments, _ = routed_second_moments(self.cl, self.cl.model, train_batch, tasks)
+        stage = self.cl.end_stage(
+            rank=self.options.get("rank", "auto"),
+            energy=self.options.get("energy", 0.99),
+            second_moments=moments,
+        )
+        ranks = stage.ranks
+        return {
+            "ranks": ranks,
+            "mean_rank": sum(ranks.values()) / max(len(ranks), 1),
+            "max_rank": max(ranks.values(), default=0),
+        }
+
+    def stage_parameters(self) -> int:
+        return self.cl.stages[-1].stored_numel() + self._stage_extra
+
+    def serving_parameters(self) -> int:
+        return numel(self.cl.model.parameters()) + sum(s.stored_numel() for s in self.cl.stages)
