@@ -98,6 +98,9 @@ def run_stream(
             model = build_flame(model_config, specs)
             train(model, specs, train_s, val_s, train_config, tasks=tasks)
             module = strategy.wrap(model)
+            hook = getattr(strategy, "after_pretraining", None)
+            if hook is not None:  # e.g. EWC's Fisher on the pretraining tasks
+                hook(collate(train_s, specs, tasks=tasks, tokenizer=model_config.tokenizer()), tasks)
             info: dict[str, Any] = {}
             result.before_end.append({})
             stage_params = serving = sum(p.numel() for p in model.parameters())

@@ -62,8 +62,9 @@ def create_api_key(*, session: Session, name: str, scopes: Iterable[str]) -> tup
     while session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is not None:
         prefix = secrets.token_hex(_PREFIX_HEX // 2)
     secret = secrets.token_urlsafe(32)
-    key = ApiKey(id=str(uuid.uuid4()), prefix=prefix, secret_sha256=_hash_secret(secret), scopes=checked,
-                 name=name)
+    key = ApiKey(
+        id=str(uuid.uuid4()), prefix=prefix, secret_sha256=_hash_secret(secret), scopes=checked, name=name
+    )
     session.add(key)
     session.flush()
     return key, f"{TOKEN_PREFIX}_{prefix}_{secret}"
@@ -93,8 +94,9 @@ def has_scope(key: ApiKey, scope: str) -> bool:
 def require_scope(key: ApiKey, scope: str) -> None:
     """Raise PermissionDenied unless `key` grants `scope` (admin grants everything)."""
     if not has_scope(key, scope):
-        raise PermissionDenied(f"API key {key.prefix!r} lacks the {scope!r} scope (it has {key.scopes})",
-                               field="scope")
+        raise PermissionDenied(
+            f"API key {key.prefix!r} lacks the {scope!r} scope (it has {key.scopes})", field="scope"
+        )
 
 
 def revoke_api_key(*, session: Session, key_id: str) -> ApiKey:

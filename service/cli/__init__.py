@@ -2,9 +2,10 @@
 
 import typer
 
-from service.cli import data, train
+from service.cli import continual, data, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FLAME: train, evaluate and serve.")
 app.add_typer(data.app, name="data")
 app.command("train")(train.train_command)
 app.command("evaluate")(train.evaluate_command)
+app.command("continual")(continual.continual_command)

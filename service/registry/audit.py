@@ -29,9 +29,15 @@ def record_prediction(
         raise ValueError(f"request_id must be 1-64 characters, got {request_id!r}")
     if latency_ms < 0:
         raise ValueError(f"latency_ms must be >= 0, got {latency_ms}")
-    row = PredictionAudit(request_id=request_id, task=task, version=version,
-                          modalities_present=sorted(modalities_present), latency_ms=float(latency_ms),
-                          status_code=int(status_code), caller_key_id=caller_key_id)
+    row = PredictionAudit(
+        request_id=request_id,
+        task=task,
+        version=version,
+        modalities_present=sorted(modalities_present),
+        latency_ms=float(latency_ms),
+        status_code=int(status_code),
+        caller_key_id=caller_key_id,
+    )
     session.add(row)
     session.flush()
     return row

@@ -59,8 +59,16 @@ def create_dataset(
     existing = find_dataset(session=session, digest=key)
     if existing is not None:
         return existing
-    row = Dataset(id=str(uuid.uuid4()), digest=key, name=name, n_samples=n_samples,
-                  summary=dict(summary or {}), artifact_sha256=sha, size=size, created_by=created_by)
+    row = Dataset(
+        id=str(uuid.uuid4()),
+        digest=key,
+        name=name,
+        n_samples=n_samples,
+        summary=dict(summary or {}),
+        artifact_sha256=sha,
+        size=size,
+        created_by=created_by,
+    )
     try:
         with session.begin_nested():
             session.add(row)

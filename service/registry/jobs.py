@@ -74,8 +74,17 @@ def create_job(
         existing = _by_key(session, idempotency_key)
         if existing is not None:
             return _same_request(existing, request)
-    job = Job(id=str(uuid.uuid4()), kind=kind, state="queued", idempotency_key=idempotency_key,
-              request=request, progress={}, metrics={}, parent_version=parent_version, created_by=created_by)
+    job = Job(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        state="queued",
+        idempotency_key=idempotency_key,
+        request=request,
+        progress={},
+        metrics={},
+        parent_version=parent_version,
+        created_by=created_by,
+    )
     try:
         with session.begin_nested():
             session.add(job)
@@ -94,8 +103,11 @@ def _by_key(session: Session, key: str) -> Job | None:
 
 def _same_request(job: Job, request: dict[str, Any]) -> Job:
     if _canonical(job.request) != _canonical(request):
-        raise Conflict(f"Idempotency-Key {job.idempotency_key!r} was already used for a different request "
-                       f"(job {job.id})", field="idempotency_key")
+        raise Conflict(
+            f"Idempotency-Key {job.idempotency_key!r} was already used for a different request "
+            f"(job {job.id})",
+            field="idempotency_key",
+        )
     return job
 
 

@@ -55,8 +55,9 @@ class ModelVersion(Base):
         for entry in self.manifest:
             if entry["role"] == role:
                 return entry
-        raise KeyError(f"version {self.id} has no file with role {role!r}; roles: "
-                       f"{[e['role'] for e in self.manifest]}")
+        raise KeyError(
+            f"version {self.id} has no file with role {role!r}; roles: {[e['role'] for e in self.manifest]}"
+        )
 
 
 class Component(Base):
@@ -170,8 +171,9 @@ class PredictionAudit(Base):
     __tablename__ = "prediction_audit"
     __table_args__ = (Index("ix_prediction_audit_task_created_at", "task", "created_at"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     request_id: Mapped[str] = mapped_column(String(64), index=True)
     task: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))  # no FK: audit inserts stay cheap and independent

@@ -57,8 +57,14 @@ class TaskRecord:
             raise ValueError(f"task {self.name!r}: cursor must be >= 0, got {self.cursor}")
 
     def to_row(self, version_id: str) -> Task:
-        return Task(name=self.name, spec=self.spec, cursor=self.cursor, version_id=version_id,
-                    metrics=self.metrics, model_card=self.model_card)
+        return Task(
+            name=self.name,
+            spec=self.spec,
+            cursor=self.cursor,
+            version_id=version_id,
+            metrics=self.metrics,
+            model_card=self.model_card,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,9 @@ class ModalityRecord:
     def __post_init__(self) -> None:
         check_name(self.name, "modality name")
         if self.kind not in MODALITY_KINDS:
-            raise ValueError(f"modality {self.name!r}: kind must be one of {list(MODALITY_KINDS)}, "
-                             f"got {self.kind!r}")
+            raise ValueError(
+                f"modality {self.name!r}: kind must be one of {list(MODALITY_KINDS)}, got {self.kind!r}"
+            )
 
     def to_row(self, version_id: str) -> Modality:
         return Modality(name=self.name, kind=self.kind, spec=self.spec, version_id=version_id)

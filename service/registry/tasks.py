@@ -30,8 +30,9 @@ def get_task(*, session: Session, name: str, version: str) -> Task:
     row = session.scalars(select(Task).where(Task.name == name, Task.version_id.in_(ids))).one_or_none()
     if row is None:
         known = [t.name for t in list_tasks(session=session, version=version)]
-        raise TaskNotFound(f"task {name!r} is not served by model version {version!r}; tasks: {known}",
-                           field="task")
+        raise TaskNotFound(
+            f"task {name!r} is not served by model version {version!r}; tasks: {known}", field="task"
+        )
     return row
 
 
@@ -71,8 +72,11 @@ def plan_new_specs(
         if old is None:
             new_mods.append(m)
         elif (old.kind, old.spec) != (m.kind, m.spec):
-            raise Conflict(f"modality {m.name!r} already exists as {old.kind} {old.spec}; a stage cannot "
-                           f"redeclare it as {m.kind} {m.spec}", field=f"modalities.{m.name}")
+            raise Conflict(
+                f"modality {m.name!r} already exists as {old.kind} {old.spec}; a stage cannot "
+                f"redeclare it as {m.kind} {m.spec}",
+                field=f"modalities.{m.name}",
+            )
     known_tasks = set(session.scalars(select(Task.name).where(Task.version_id.in_(visible))))
     clash = sorted(t.name for t in tasks if t.name in known_tasks)
     if clash:

@@ -70,7 +70,8 @@ def check_capacity(
         raise CapacityExceeded(
             f"stage would exceed the rank budget of {budget} per weight on {len(over)} weight(s) "
             f"({detail}); lower the stage's rank or energy target, or raise FLAME_CAPACITY_RANK_BUDGET",
-            over=over, budget=budget,
+            over=over,
+            budget=budget,
         )
     return totals
 
@@ -127,7 +128,9 @@ def register_version(
     # Everything that can be refused is refused before a single blob is written.
     check_capacity(session=session, parent=parent, components=components, budget=rank_budget)
     new_modalities, new_tasks = plan_new_specs(
-        session=session, visible=lineage_ids(session=session, version=parent), tasks=tasks,
+        session=session,
+        visible=lineage_ids(session=session, version=parent),
+        tasks=tasks,
         modalities=modalities,
     )
     if version_id is not None and session.get(ModelVersion, version_id) is not None:
@@ -138,21 +141,41 @@ def register_version(
     try:
         with session.begin_nested():
             vid = version_id or _next_version_id(session)
-            version = ModelVersion(id=vid, parent_id=parent, status="ready", digest=manifest_digest(manifest),
-                                   manifest=manifest, created_by=moved_by, note=note)
+            version = ModelVersion(
+                id=vid,
+                parent_id=parent,
+                status="ready",
+                digest=manifest_digest(manifest),
+                manifest=manifest,
+                created_by=moved_by,
+                note=note,
+            )
             session.add(version)
             session.flush()
-            session.add_all(Component(version_id=vid, stage=c.stage, weight=c.weight, rank=c.rank,
-                                      n_params=c.n_params, sha256=c.sha256) for c in components)
+            session.add_all(
+                Component(
+                    version_id=vid,
+                    stage=c.stage,
+                    weight=c.weight,
+                    rank=c.rank,
+                    n_params=c.n_params,
+                    sha256=c.sha256,
+                )
+                for c in components
+            )
             session.add_all(m.to_row(vid) for m in new_modalities)
             session.add_all(t.to_row(vid) for t in new_tasks)
             session.flush()
             if move_alias is not None:
-                move_alias_to(session=session, alias=move_alias, version=vid, moved_by=moved_by,
-                              reason=reason)
+                move_alias_to(
+                    session=session, alias=move_alias, version=vid, moved_by=moved_by, reason=reason
+                )
     except IntegrityError as e:
-        raise Conflict(f"could not register model version {version_id or '(next id)'}: it clashes with "
-                       f"a concurrent registration ({e.orig})", field="version_id") from e
+        raise Conflict(
+            f"could not register model version {version_id or '(next id)'}: it clashes with "
+            f"a concurrent registration ({e.orig})",
+            field="version_id",
+        ) from e
     return version
 
 
@@ -174,8 +197,10 @@ def move_alias_to(*, session: Session, alias: str, version: str, moved_by: str, 
         raise ValueError("moved_by must name who moves the alias")
     target = get_version(session=session, version=version)
     if target.status != "ready":
-        raise Conflict(f"model version {version!r} is {target.status}; only ready versions can be aliased",
-                       field="version")
+        raise Conflict(
+            f"model version {version!r} is {target.status}; only ready versions can be aliased",
+            field="version",
+        )
     row = session.scalars(select(Alias).where(Alias.name == alias).with_for_update()).one_or_none()
     previous = row.version_id if row is not None else None
     if previous == version:
@@ -186,8 +211,9 @@ def move_alias_to(*, session: Session, alias: str, version: str, moved_by: str, 
     else:
         row.version_id = version
         row.updated_at = utcnow()
-    session.add(AliasHistory(alias=alias, from_version=previous, to_version=version, moved_by=moved_by,
-                             reason=reason))
+    session.add(
+        AliasHistory(alias=alias, from_version=previous, to_version=version, moved_by=moved_by, reason=reason)
+    )
     session.flush()
     return row
 
@@ -197,8 +223,12 @@ move_alias = move_alias_to  # the name other modules call; `register_version` ha
 
 def alias_history(*, session: Session, alias: str, limit: int = 100) -> list[AliasHistory]:
     """Moves of `alias`, newest first."""
-    query = (select(AliasHistory).where(AliasHistory.alias == alias)
-             .order_by(AliasHistory.moved_at.desc(), AliasHistory.id.desc()).limit(limit))
+    query = (
+        select(AliasHistory)
+        .where(AliasHistory.alias == alias)
+        .order_by(AliasHistory.moved_at.desc(), AliasHistory.id.desc())
+        .limit(limit)
+    )
     return list(session.scalars(query))
 
 

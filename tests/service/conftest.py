@@ -27,9 +27,12 @@ def _admin_engine() -> Engine:
             conn.execute(text("SELECT 1"))
     except Exception as e:  # noqa: BLE001 - any failure to connect means the same thing here
         engine.dispose()
-        pytest.fail(f"PostgreSQL is required for the service tests and is not reachable at {PG_URL} ({e}). "
-                    "Start it, or point FLAME_TEST_DATABASE_URL at a database this user may create "
-                    "schemas and databases in.", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL is required for the service tests and is not reachable at {PG_URL} ({e}). "
+            "Start it, or point FLAME_TEST_DATABASE_URL at a database this user may create "
+            "schemas and databases in.",
+            pytrace=False,
+        )
     return engine
 
 

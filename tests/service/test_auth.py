@@ -28,14 +28,17 @@ def test_token_is_returned_once_and_only_its_hash_is_stored(session_factory):
         assert auth.authenticate(session=s, token=f"  {token}\n").id == key.id
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # wrong secret
-    lambda t: "flm_00000000_" + t.split("_", 2)[2],  # unknown prefix
-    lambda t: t.replace("flm_", "xyz_", 1),  # wrong scheme
-    lambda t: "flm_" + t.split("_")[1],  # no secret
-    lambda t: "",
-    lambda t: "Bearer " + t,  # the header value, not the token
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # wrong secret
+        lambda t: "flm_00000000_" + t.split("_", 2)[2],  # unknown prefix
+        lambda t: t.replace("flm_", "xyz_", 1),  # wrong scheme
+        lambda t: "flm_" + t.split("_")[1],  # no secret
+        lambda t: "",
+        lambda t: "Bearer " + t,  # the header value, not the token
+    ],
+)
 def test_bad_tokens_authenticate_to_nobody(session, mangle):
     _, token = auth.create_api_key(session=session, name="k", scopes=["admin"])
     assert auth.authenticate(session=session, token=mangle(token)) is None

@@ -98,3 +98,37 @@ def test_bad_user_data_names_line_and_field(tmp_path):
 def test_unknown_benchmark_is_rejected(tmp_path):
     r = runner.invoke(app, ["train", "--benchmark", "nope", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_continual_command_writes_matrix_and_summary(tmp_path):
+    out = tmp_path / "cl"
+    r = runner.invoke(
+        app,
+        [
+            "continual",
+            "--benchmark",
+            "synthetic-icu",
+            "--n",
+            "240",
+            "--stream",
+            "mortality;los",
+            "--strategy",
+            "flame",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    matrix = json.loads((out / "matrix.json").read_text())
+    assert summary["forgetting"] == 0.0
+    assert matrix["matrix"][1]["mortality"] == matrix["matrix"][0]["mortality"]
+    assert (out / "model" / "config.json").is_file()
+    bad = runner.invoke(
+        app, ["continual", "--benchmark", "synthetic-icu", "--stream", "mortality;;los", "--out", str(out)]
+    )
+    assert bad.exit_code == 2 and "empty stage" in bad.output

@@ -15,8 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def _compose(*args: str) -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.fail("docker-compose is not installed; install it with `apt-get install docker-compose` "
-                    "(it checks the file offline, no Docker engine needed)", pytrace=False)
+        pytest.fail(
+            "docker-compose is not installed; install it with `apt-get install docker-compose` "
+            "(it checks the file offline, no Docker engine needed)",
+            pytrace=False,
+        )
     proc = subprocess.run([binary, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{proc.stderr}"
     return proc.stdout
@@ -37,15 +40,25 @@ def test_compose_file_is_valid_and_complete():
 
 def test_files_the_compose_file_mounts_exist_and_agree():
     docker = ROOT / "docker"
-    for path in ("Dockerfile.api", "Dockerfile.worker", "api-entrypoint.sh", "prometheus.yml",
-                 "grafana/provisioning/datasources/prometheus.yml",
-                 "grafana/provisioning/dashboards/dashboards.yml", "grafana/dashboards"):
+    for path in (
+        "Dockerfile.api",
+        "Dockerfile.worker",
+        "api-entrypoint.sh",
+        "prometheus.yml",
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/dashboards.yml",
+        "grafana/dashboards",
+    ):
         assert (docker / path).exists(), f"docker/{path} is missing"
     assert '"api:8000"' in (docker / "prometheus.yml").read_text()
-    assert "path: /var/lib/grafana/dashboards" in (docker / "grafana/provisioning/dashboards/dashboards.yml"
-                                                    ).read_text()
-    assert "url: http://prometheus:9090" in (docker / "grafana/provisioning/datasources/prometheus.yml"
-                                             ).read_text()
+    assert (
+        "path: /var/lib/grafana/dashboards"
+        in (docker / "grafana/provisioning/dashboards/dashboards.yml").read_text()
+    )
+    assert (
+        "url: http://prometheus:9090"
+        in (docker / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     entry = (docker / "api-entrypoint.sh").read_text()
     assert entry.index("alembic upgrade head") < entry.index("exec flame serve")
     assert "torch==2.13.0" in (docker / "Dockerfile.api").read_text()

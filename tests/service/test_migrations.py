@@ -51,8 +51,14 @@ def _migrate(url: str, *, via_env: bool) -> dict:
     if via_env:  # as in the containers
         env["FLAME_DATABASE_URL"] = url
     x = [] if via_env else ["-x", f"url={url}"]
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, url, *x], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, url, *x],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, f"alembic failed on {url}:\n{proc.stdout}\n{proc.stderr}"
     assert "Running upgrade  -> 0001" in proc.stderr and "Running downgrade 0001 -> " in proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -61,8 +67,10 @@ def _migrate(url: str, *, via_env: bool) -> dict:
 def _assert_round_trip(result: dict) -> None:
     assert result["up"]["tables"] == sorted(set(load_models().tables) | {"alembic_version"})
     assert result["up"]["head"] == ["0001"]
-    assert result["up"]["job_fks"] == ["fk_jobs_parent_version_model_versions",
-                                       "fk_jobs_result_version_model_versions"]  # the naming convention
+    assert result["up"]["job_fks"] == [
+        "fk_jobs_parent_version_model_versions",
+        "fk_jobs_result_version_model_versions",
+    ]  # the naming convention
     assert result["down"] == {"tables": ["alembic_version"], "head": [], "job_fks": []}
 
 

@@ -35,12 +35,15 @@ def test_environment_overrides(monkeypatch):
         get_settings.cache_clear()
 
 
-@pytest.mark.parametrize("var,value,field", [
-    ("FLAME_DEVICE", "gpu", "device"),
-    ("FLAME_DATABASE_URL", "mysql://x", "database_url"),
-    ("FLAME_MAX_BATCH_SIZE", "0", "max_batch_size"),
-    ("FLAME_LOG_LEVEL", "chatty", "log_level"),
-])
+@pytest.mark.parametrize(
+    "var,value,field",
+    [
+        ("FLAME_DEVICE", "gpu", "device"),
+        ("FLAME_DATABASE_URL", "mysql://x", "database_url"),
+        ("FLAME_MAX_BATCH_SIZE", "0", "max_batch_size"),
+        ("FLAME_LOG_LEVEL", "chatty", "log_level"),
+    ],
+)
 def test_bad_values_name_the_field(monkeypatch, var, value, field):
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError, match=field):

@@ -17,8 +17,9 @@ def test_same_idempotency_key_returns_the_same_job(session_factory):
         first = registry.create_job(session=s, kind="stage", request=REQUEST, idempotency_key="k-1")
     with session_factory.begin() as s:
         # Key order in the body does not matter; the retry gets the original job back.
-        again = registry.create_job(session=s, kind="stage", request=dict(reversed(REQUEST.items())),
-                                    idempotency_key="k-1")
+        again = registry.create_job(
+            session=s, kind="stage", request=dict(reversed(REQUEST.items())), idempotency_key="k-1"
+        )
         other = registry.create_job(session=s, kind="stage", request=REQUEST)
         assert again.id == first.id and again.state == "queued"
         assert other.id != first.id
@@ -49,10 +50,12 @@ def test_idempotency_race_lost_at_insert_returns_the_winner(session_factory, mon
 
 def test_job_lifecycle(session_factory, store):
     with session_factory.begin() as s:
-        version = registry.register_version(session=s, store=store, parent=None, files={"w": b"w"},
-                                            moved_by="t")
-        job = registry.create_job(session=s, kind="stage", request=REQUEST, parent_version=version.id,
-                                  created_by="key-1")
+        version = registry.register_version(
+            session=s, store=store, parent=None, files={"w": b"w"}, moved_by="t"
+        )
+        job = registry.create_job(
+            session=s, kind="stage", request=REQUEST, parent_version=version.id, created_by="key-1"
+        )
         assert (job.state, job.progress, job.started_at, job.attempts) == ("queued", {}, None, 0)
     with session_factory.begin() as s:
         with pytest.raises(Conflict, match="only a running job reports progress"):
@@ -65,8 +68,9 @@ def test_job_lifecycle(session_factory, store):
         redelivered = registry.mark_running(session=s, job_id=job.id)  # Celery redelivery after a crash
         assert redelivered.attempts == 2
     with session_factory.begin() as s:
-        done = registry.mark_succeeded(session=s, job_id=job.id, result_version=version.id,
-                                       metrics={"los": {"mae": 1.5}})
+        done = registry.mark_succeeded(
+            session=s, job_id=job.id, result_version=version.id, metrics={"los": {"mae": 1.5}}
+        )
     with session_factory() as s:
         done = registry.get_job(session=s, job_id=job.id)
         assert done.state == "succeeded" and done.result_version == version.id
@@ -86,8 +90,12 @@ def test_failures_are_recorded_and_counted(session):
     failed = registry.get_job(session=session, job_id=a.id)
     assert failed.state == "failed" and len(failed.error) == jobs.MAX_ERROR_CHARS
     assert failed.finished_at is not None and failed.started_at is None
-    assert registry.count_jobs_by_state(session=session) == {"queued": 0, "running": 1, "succeeded": 0,
-                                                             "failed": 1}
+    assert registry.count_jobs_by_state(session=session) == {
+        "queued": 0,
+        "running": 1,
+        "succeeded": 0,
+        "failed": 1,
+    }
     assert [j.id for j in registry.list_jobs(session=session, state="failed")] == [a.id]
     with pytest.raises(Conflict, match="only a running job can succeed"):
         registry.mark_succeeded(session=session, job_id=a.id)

@@ -21,19 +21,30 @@ def _task(name: str, modalities: list[str], cursor: int) -> TaskRecord:
 
 def _stage0(session, store, **kw):  # type: ignore[no-untyped-def]
     return registry.register_version(
-        session=session, store=store, parent=None, files={"config": b'{"d": 8}', "weights": BASE},
+        session=session,
+        store=store,
+        parent=None,
+        files={"config": b'{"d": 8}', "weights": BASE},
         components=[ComponentRecord(stage=0, weight="fc1", n_params=64)],
         modalities=[ModalityRecord(name="vitals", kind="timeseries", spec={"dim": 3})],
-        tasks=[_task("mortality", ["vitals"], 0)], moved_by="tester", reason="stage 0", **kw,
+        tasks=[_task("mortality", ["vitals"], 0)],
+        moved_by="tester",
+        reason="stage 0",
+        **kw,
     )
 
 
 def _stage(session, store, parent, stage, rank=4, task="los", **kw):  # type: ignore[no-untyped-def]
     return registry.register_version(
-        session=session, store=store, parent=parent,
+        session=session,
+        store=store,
+        parent=parent,
         files={"config": b'{"d": 8}', "weights": BASE, f"stage{stage}": f"delta-{stage}-{task}".encode()},
         components=[ComponentRecord(stage=stage, weight="fc1", n_params=rank * 16, rank=rank)],
-        tasks=[_task(task, ["vitals"], stage)], moved_by="worker", reason=f"stage {stage}", **kw,
+        tasks=[_task(task, ["vitals"], stage)],
+        moved_by="worker",
+        reason=f"stage {stage}",
+        **kw,
     )
 
 
@@ -133,7 +144,10 @@ def test_alias_history_rollback_and_retire(session, store):
     registry.move_alias(session=session, alias="canary", version="v2", moved_by="bob")
     history = registry.alias_history(session=session, alias="active")
     assert [(h.from_version, h.to_version, h.moved_by) for h in history] == [
-        ("v2", "v1", "alice"), ("v1", "v2", "worker"), (None, "v1", "tester")]
+        ("v2", "v1", "alice"),
+        ("v1", "v2", "worker"),
+        (None, "v1", "tester"),
+    ]
     assert history[0].reason == "AUROC drop"
     assert registry.list_aliases(session=session) == {"active": "v1", "canary": "v2"}
     with pytest.raises(VersionNotFound):
@@ -157,9 +171,12 @@ def test_capacity_budget_refuses_a_stage_before_anything_is_written(session, sto
     assert "budget of 8" in info.value.message and info.value.over == {"fc1": (4, 5)}
     assert not store.exists(sha256_bytes(b"delta-2-sepsis"))
     assert [v.id for v in registry.list_versions(session=session)] == ["v1", "v2"]
-    totals = registry.check_capacity(session=session, parent="v2",
-                                     components=[ComponentRecord(stage=2, weight="fc1", n_params=1, rank=4)],
-                                     budget=8)
+    totals = registry.check_capacity(
+        session=session,
+        parent="v2",
+        components=[ComponentRecord(stage=2, weight="fc1", n_params=1, rank=4)],
+        budget=8,
+    )
     assert totals == {"fc1": 8}
 
 
