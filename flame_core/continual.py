@@ -14,6 +14,7 @@ bit-identical (`torch.equal`) whatever happens later, and after a save/load roun
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -101,6 +102,7 @@ class ContinualFlame(nn.Module):
         self.live_routers = nn.ParameterDict()
         self._live: Stage | None = None
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._models: dict[int, Flame] = {}  # plain dict: copies stay out of state_dict()
         for p in model.parameters():
             p.requires_grad_(False)
 
@@ -258,6 +260,23 @@ class ContinualFlame(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._models.clear()
+
+    def cursor_model(self, c: int) -> Flame:
+        """A frozen `Flame` holding cursor c's effective weights, built once and cached: serving a task
+        costs one plain forward pass however many stages exist (no per-call weight swapping)."""
+        if self._live is not None and c >= self._live.index:
+            raise ValueError(f"cursor {c} is the open stage; it has no frozen weights yet")
+        if c not in self._models:
+            model = copy.deepcopy(self.model)
+            own = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, t in self._params(c).items():
+                    own[name].copy_(t)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._models[c] = model
+        return self._models[c]
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         """Moves and casts (`.to`, `.cuda`) reach the frozen stage tensors too; caches are rebuilt."""
@@ -268,7 +287,7 @@ class ContinualFlame(nn.Module):
                 for n, d in s.deltas.items()
             }
             s.routers = {n: fn(r) for n, r in s.routers.items()}
-        self._cache.clear()
+        self.clear_cache()
         return self
 
     def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
@@ -281,10 +300,14 @@ class ContinualFlame(nn.Module):
         groups: dict[int, list[str]] = {}
         for t in names:
             groups.setdefault(self.cursor[t], []).append(t)
-        outs = [
-            functional_call(self.model, self._params(c), (batch, group), strict=False)
-            for c, group in sorted(groups.items())
-        ]
+        outs = []
+        for c, group in sorted(groups.items()):
+            if self._live is not None and c == self._live.index:
+                outs.append(functional_call(self.model, self._params(c), (batch, group), strict=False))
+            else:
+                model = self.cursor_model(c)
+                model.train(self.training)
+                outs.append(model(batch, group))
         if len(outs) == 1:
             return outs[0]
         merged = FlameOutput(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ import numpy as np
 from flame_core.benchmarks.base import BenchmarkData
 from flame_core.collate import collate
 from flame_core.config import FlameConfig
-from flame_core.model import build_flame
+from flame_core.model import Flame, build_flame
 from flame_core.strategies.base import Strategy
 from flame_core.training import TrainConfig, evaluate, seed_everything, train
 
@@ -78,8 +79,10 @@ def run_stream(
     *,
     model_config: FlameConfig | None = None,
     train_config: TrainConfig | None = None,
+    pretrained: Flame | None = None,
 ) -> StreamResult:
-    """Stage 0: multitask FLAME on the first stage's tasks. Later stages: the strategy's hooks."""
+    """Stage 0: multitask FLAME on the first stage's tasks (or a copy of `pretrained`, so several
+    strategies can share one stage 0). Later stages: the strategy's hooks."""
     stages = [list(s) for s in stages]
     unknown = [t for s in stages for t in s if t not in data.specs.tasks]
     if unknown:
@@ -95,8 +98,12 @@ def run_stream(
         seed_everything(train_config.seed + t)
         specs = data.specs.subset(tasks)
         if t == 0:
-            model = build_flame(model_config, specs)
-            train(model, specs, train_s, val_s, train_config, tasks=tasks)
+            if pretrained is not None:
+                model = copy.deepcopy(pretrained)
+                model_config = model.config
+            else:
+                model = build_flame(model_config, specs)
+                train(model, specs, train_s, val_s, train_config, tasks=tasks)
             module = strategy.wrap(model)
             hook = getattr(strategy, "after_pretraining", None)
             if hook is not None:  # e.g. EWC's Fisher on the pretraining tasks

@@ -1,0 +1,209 @@
+"""Continual-learning benchmark: every strategy on the same streams, plus cursor-inference latency.
+
+    python bench/continual.py --out bench/results
+
+Per stream: final average score, BWT, forgetting (max-based), stored parameters per stage, wall
+time; for `flame`, the new tasks' scores before and after truncation. Stage 0 (multitask FLAME on
+the first stage) is trained once per stream and shared by every strategy. Writes continual.md,
+matrices (JSON) and PNG plots under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flame_core.benchmarks import load_benchmark  # noqa: E402
+from flame_core.config import FlameConfig  # noqa: E402
+from flame_core.model import build_flame  # noqa: E402
+from flame_core.report import markdown_table  # noqa: E402
+from flame_core.strategies import STRATEGIES, build_strategy  # noqa: E402
+from flame_core.stream import parse_stream, run_stream  # noqa: E402
+from flame_core.training import TrainConfig, seed_everything, train  # noqa: E402
+
+STREAMS = {
+    "icu-shared-pool": (
+        "synthetic-icu",
+        "mortality;los;acuity;readmission",
+        "every stage within the modality pool of stage 0",
+    ),
+    "icu-new-modality": (
+        "synthetic-icu",
+        "los;acuity;phenotype;readmission",
+        "new modality combinations; the cxr modality first appears at stage 2",
+    ),
+    "icu-multitask-stages": (
+        "synthetic-icu",
+        "mortality,los;phenotype,acuity;readmission",
+        "several tasks per stage",
+    ),
+    "digits-views": ("digits", "digit;parity;ge5", "views change between stages (quadrants new at stage 1)"),
+    "support2": ("support2", "death_hosp;los;dzgroup", "real clinical data"),
+}
+
+
+def strategy_options(name: str, rank: str, energy: float) -> dict:
+    if name == "flame":
+        return {"rank": rank if rank == "auto" else int(rank), "energy": energy}
+    if name == "lora":
+        return {"rank": 32}
+    return {}
+
+
+def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> tuple[str, list[dict]]:  # type: ignore[no-untyped-def]
+    bench, stream, what = STREAMS[key]
+    data = load_benchmark(bench, seed=0, n=args.n if bench == "synthetic-icu" else None)
+    stages = parse_stream(stream)
+    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, progress=False, device="cpu", seed=0)
+    seed_everything(0)
+    first = data.specs.subset(stages[0])
+    pretrained = build_flame(FlameConfig(), first)
+    t0 = time.perf_counter()
+    train(pretrained, first, data.splits["train"], data.splits["val"], cfg, tasks=stages[0])
+    pretrain_s = time.perf_counter() - t0
+    rows, dumps = [], []
+    for name in strategies:
+        t0 = time.perf_counter()
+        res = run_stream(
+            build_strategy(name, **strategy_options(name, args.rank, args.energy)),
+            data,
+            stages,
+            train_config=cfg,
+            pretrained=pretrained,
+        )
+        wall = time.perf_counter() - t0 + pretrain_s
+        s = res.summary()
+        drop = [res.before_end[i][t] - res.matrix[i][t] for i in range(1, len(stages)) for t in stages[i]]
+        per_stage = ", ".join(f"{p / 1e3:.1f}k" for p in res.stage_params[1:])
+        rows.append(
+            [
+                name,
+                s["final_average"],
+                s["bwt"],
+                s["forgetting"],
+                s["max_forgetting"],
+                per_stage,
+                f"{res.serving_params[-1] / 1e3:.0f}k",
+                max(drop) if drop else 0.0,
+                f"{wall:.0f}",
+            ]
+        )
+        dump = res.to_dict()
+        dump["wall_seconds"] = wall
+        dumps.append(dump)
+        print(f"  {key}/{name}: {s} ({wall:.0f}s)", flush=True)
+    (results_dir / f"continual_{key}.json").write_text(json.dumps(dumps, indent=2))
+    metric = sorted(set(dumps[0]["metric"].values()))
+    headers = [
+        "strategy",
+        f"final avg ({'/'.join(metric)})",
+        "BWT",
+        "forgetting",
+        "max forgetting",
+        "params per later stage",
+        "params to serve all",
+        "max drop from truncation",
+        "wall s",
+    ]
+    lines = [
+        f"### {key}: `{stream}` on {bench}",
+        "",
+        f"{what}. Splits: { {k: len(v) for k, v in data.splits.items()} }.",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+    lines += ["Score matrix a[t][i] (rows: after stage t):", ""]
+    tasks = [t for s in stages for t in s]
+    for d in dumps:
+        mrows = [
+            [f"{d['strategy']} after {i}"] + [m.get(t, float("nan")) for t in tasks]
+            for i, m in enumerate(d["matrix"])
+        ]
+        lines += [markdown_table(["", *tasks], mrows), ""]
+    return "\n".join(lines), dumps
+
+
+@torch.no_grad()
+def latency_table(stages: int = 10, repeats: int = 30) -> str:
+    """Forward latency of a task at cursor 1 vs cursor `stages` (each cursor's effective weights
+    materialised once into a frozen copy), and without the cache (W_0 + sum B_s A_s rebuilt per call)."""
+    from flame_core.collate import collate
+    from flame_core.continual import ContinualFlame
+    from flame_core.specs import SpecSet
+
+    data = load_benchmark("synthetic-icu", seed=0, n=400)
+    base = data.specs.subset(["mortality"])
+    seed_everything(0)
+    cl = ContinualFlame(build_flame(FlameConfig(), base))
+    for s in range(1, stages + 1):
+        spec = data.specs.tasks["los"]
+        renamed = SpecSet(
+            modalities=dict(base.modalities),
+            tasks={f"los{s}": type(spec)(f"los{s}", spec.modalities, spec.head)},
+        )
+        cl.begin_stage(renamed)
+        for p in cl.live_deltas.values():
+            p.normal_(0, 1e-3)
+        cl.end_stage(rank=8)
+    cl.eval()
+    batch = collate(data.splits["test"][:64], cl.specs, tasks=["los1"], tokenizer=cl.config.tokenizer())
+
+    def timed(cached: bool) -> tuple[float, float]:
+        """Alternate the two cursors call by call so machine noise hits both alike."""
+        times: dict[str, list[float]] = {"los1": [], f"los{stages}": []}
+        for _ in range(repeats):
+            for task, bucket in times.items():
+                if not cached:
+                    cl.clear_cache()
+                t0 = time.perf_counter()
+                cl(batch, [task])
+                bucket.append(time.perf_counter() - t0)
+        return statistics.median(times["los1"]) * 1e3, statistics.median(times[f"los{stages}"]) * 1e3
+
+    timed(True)  # warm the caches and the allocator
+    one, many = timed(True)
+    one_nc, many_nc = timed(False)
+    rows = [
+        ["cached effective weights (FLAME host)", one, many, many / one],
+        ["re-materialised every call", one_nc, many_nc, many_nc / one_nc],
+    ]
+    return markdown_table(
+        ["forward, batch 64, 1 thread (ms, median)", "cursor 1", f"cursor {stages}", "ratio"], rows
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", default=",".join(STREAMS))
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--n", type=int, default=2000, help="synthetic-icu patients")
+    ap.add_argument("--rank", default="auto")
+    ap.add_argument("--energy", type=float, default=0.99)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    strategies = args.strategies.split(",")
+    sections = []
+    for key in args.streams.split(","):
+        print(f"stream {key} ...", flush=True)
+        text, _ = run_one_stream(key, strategies, args, args.out)
+        sections.append(text)
+        (args.out / f"continual_{key}.md").write_text(text)
+    print(latency_table(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
