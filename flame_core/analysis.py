@@ -15,6 +15,7 @@ mean gate. Task affinity is their overlap, the data-driven "which tasks should s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -101,6 +102,31 @@ def effective_weights(module: nn.Module, tasks: Sequence[str], cursor: int | Non
     return module._params(cursor)
 
 
+def pooled_moments(
+    flame_model: Flame, module: nn.Module, batch: Batch, tasks: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Routed-input second moments of `tasks`, pooled (count-weighted) over their cursors.
+
+    A `ContinualFlame` serves a finished cursor through a separate frozen copy (`cursor_model`), so the
+    statistics hooks must sit on that copy; the open stage's cursor still runs on `module.model`."""
+    if not isinstance(module, ContinualFlame):
+        return routed_second_moments(module, flame_model, batch, tasks)
+    groups: dict[int, list[str]] = {}
+    for t in tasks:
+        groups.setdefault(module.cursor[t], []).append(t)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for c, group in sorted(groups.items()):
+        live = module._live is not None and c == module._live.index
+        runner, named = (module, module.model) if live else (module.cursor_model(c),) * 2
+        moments, seen = routed_second_moments(runner, named, batch, group)
+        for name, m in moments.items():
+            part = m.double() * seen[name]
+            sums[name] = sums[name] + part if name in sums else part
+            counts[name] = counts.get(name, 0) + seen[name]
+    return {n: (s / counts[n]).float() for n, s in sums.items()}, counts
+
+
 @torch.no_grad()
 def expert_spectra(
     flame_model: Flame,
@@ -121,7 +147,7 @@ def expert_spectra(
     unknown = [t for t in tasks if t not in flame_model.specs.tasks]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {sorted(flame_model.specs.tasks)}")
-    moments, counts = routed_second_moments(module, flame_model, batch, tasks)
+    moments, counts = pooled_moments(flame_model, module, batch, tasks)
     overrides = effective_weights(module, tasks, cursor)
     out: dict[str, SpectrumResult] = {}
     for name, param in flame_model.named_parameters():
@@ -181,7 +207,7 @@ def routing_fingerprints(
     per modality: the routing fingerprint over samples presenting the modality and, when the batch
     carries labels for the task, labelled for it. Modalities no such sample presents are left out.
     Routing is the model's explanation, i.e. from its last block."""
-    n_exp = module.config.n_experts
+    n_exp = int(module.config.n_experts)  # type: ignore[union-attr, arg-type]
     device = next(module.parameters()).device
     was_training = module.training
     module.eval()
@@ -228,6 +254,7 @@ class TaskPair(NamedTuple):
     b: str
     affinity: float
     shared: tuple[str, ...]  # modalities both tasks route
+    shared_overlap: float  # mean overlap on the shared modalities alone; nan when there are none
 
 
 class TaskAffinity(NamedTuple):
@@ -239,19 +266,21 @@ class TaskAffinity(NamedTuple):
     pairs: list[TaskPair]
 
 
-def _mean_usage(fps: Mapping[str, Fingerprint]) -> np.ndarray:
+def task_usage(fps: Mapping[str, Fingerprint]) -> np.ndarray:
+    """A task's expert usage: the mean over its modalities of each modality's usage distribution."""
     return np.mean([fp.usage for fp in fps.values()], axis=0)
 
 
 def task_affinity(fingerprints: Mapping[str, Mapping[str, Fingerprint]]) -> TaskAffinity:
-    """Pairwise task affinity from routing fingerprints, in [0, 1] and symmetric, 1 on the diagonal.
+    """Pairwise task affinity from routing fingerprints: symmetric, in [0, 1], 1 on the diagonal.
 
-    Tasks sharing modalities: the mean over the shared modalities of the overlap (histogram
-    intersection) of their activation ratios, since a shared router sends similar data to the same
-    experts exactly when the tasks' inputs look alike. Tasks sharing none: the overlap of their expert
-    usage averaged over each task's own modalities (they interact only through experts both routers
-    happen to pick). Tasks with no fingerprint (no present sample) are left out."""
+    affinity(a, b) = overlap(task_usage(a), task_usage(b)): how much of the two tasks' expert traffic
+    (each modality weighted equally) lands on the same experts. One definition for every pair, whether
+    or not the tasks share modalities. Routers are per modality, so on a shared modality two tasks differ
+    only through their data (or, in a `ContinualFlame`, their stages' router heads); that narrower
+    signal is reported per pair as `shared_overlap`. Tasks with no fingerprint are left out."""
     tasks = [t for t, fps in fingerprints.items() if fps]
+    usage = {t: task_usage(fingerprints[t]) for t in tasks}
     n = len(tasks)
     matrix = np.eye(n)
     pairs: list[TaskPair] = []
@@ -259,11 +288,11 @@ def task_affinity(fingerprints: Mapping[str, Mapping[str, Fingerprint]]) -> Task
         for j in range(i + 1, n):
             fa, fb = fingerprints[tasks[i]], fingerprints[tasks[j]]
             shared = tuple(m for m in fa if m in fb)
-            if shared:
-                value = float(np.mean([overlap(fa[m].activation, fb[m].activation) for m in shared]))
-            else:
-                value = overlap(_mean_usage(fa), _mean_usage(fb))
+            on_shared = [overlap(fa[m].activation, fb[m].activation) for m in shared]
+            value = overlap(usage[tasks[i]], usage[tasks[j]])
             matrix[i, j] = matrix[j, i] = value
-            pairs.append(TaskPair(tasks[i], tasks[j], value, shared))
+            pairs.append(
+                TaskPair(tasks[i], tasks[j], value, shared, float(np.mean(on_shared)) if shared else math.nan)
+            )
     pairs.sort(key=lambda p: (-p.affinity, p.a, p.b))
     return TaskAffinity(tasks, matrix, pairs)

@@ -269,6 +269,11 @@ class ContinualFlame(nn.Module):
             raise ValueError(f"cursor {c} is the open stage; it has no frozen weights yet")
         if c not in self._models:
             model = copy.deepcopy(self.model)
+            for module in model.modules():  # statistics hooks on self.model must not travel along
+                module._forward_pre_hooks.clear()
+                module._forward_hooks.clear()
+                if hasattr(module, "observe"):
+                    module.observe = None
             own = dict(model.named_parameters())
             with torch.no_grad():
                 for name, t in self._params(c).items():

@@ -16,9 +16,9 @@ import numpy as np
 from flame_core.analysis import LENSES, Fingerprint, SpectrumResult
 
 LENS_STYLE = {
-    "input": ("input spectrum (eig C)", "tab:green"),
-    "weight": ("weight-only (sigma^2 of W)", "tab:blue"),
-    "data": ("data-aware (Eq. 2)", "tab:orange"),
+    "input": (r"input spectrum (eigenvalues of $C$)", "tab:green"),
+    "weight": (r"weight-only ($\sigma_i^2$ of $W$)", "tab:blue"),
+    "data": (r"data-aware ($W C W^T$, Eq. 2)", "tab:orange"),
 }
 
 
@@ -54,6 +54,8 @@ def plot_spectra(results: Mapping[str, SpectrumResult], out_png: str | Path, tit
     if not results:
         raise ValueError("plot_spectra: no spectra to plot")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     items = list(results.values())
     ncols = min(len(items), 6)
     nrows = math.ceil(len(items) / ncols)
@@ -72,6 +74,8 @@ def plot_spectra(results: Mapping[str, SpectrumResult], out_png: str | Path, tit
         routed = f"{res.rows} rows" if res.routed else "never routed"
         ax.set_title(f"{_short(res.name)} ({routed})", fontsize=9)
         ax.set_ylim(0.0, 1.03)
+        ax.set_yticks([0.0, 0.5, 1.0])
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -87,7 +91,7 @@ def plot_spectra(results: Mapping[str, SpectrumResult], out_png: str | Path, tit
     return _save(fig, out_png)
 
 
-def _annotate(ax, values: np.ndarray, fmt: str = "{:.2f}") -> None:  # type: ignore[no-untyped-def]
+def _annotate(ax, values: np.ndarray, fmt: str = "{:.2f}", size: float = 7) -> None:  # type: ignore[no-untyped-def]
     rows, cols = values.shape
     if rows * cols > 400:
         return
@@ -96,7 +100,7 @@ def _annotate(ax, values: np.ndarray, fmt: str = "{:.2f}") -> None:  # type: ign
             v = values[i, j]
             if np.isfinite(v):
                 color = "white" if v < 0.6 else "black"  # readable on the dark end of the colormaps
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color=color)
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=size, color=color)
 
 
 def plot_routing(fingerprints: Mapping[str, Mapping[str, Fingerprint]], out_png: str | Path) -> Path:
@@ -110,7 +114,7 @@ def plot_routing(fingerprints: Mapping[str, Mapping[str, Fingerprint]], out_png:
     plt = _pyplot()
     n_exp = len(next(iter(fingerprints[tasks[0]].values())).activation)
     fig, axes = plt.subplots(
-        1, len(mods), figsize=(1.0 + 0.45 * n_exp * len(mods) + 1.5, 1.2 + 0.4 * len(tasks)), squeeze=False
+        1, len(mods), figsize=(1.5 + 0.6 * n_exp * len(mods), 1.6 + 0.45 * len(tasks)), squeeze=False
     )
     image = None
     for ax, m in zip(axes[0], mods, strict=True):
@@ -118,6 +122,7 @@ def plot_routing(fingerprints: Mapping[str, Mapping[str, Fingerprint]], out_png:
         for i, t in enumerate(tasks):
             if m in fingerprints[t]:
                 grid[i] = fingerprints[t][m].activation
+        ax.set_facecolor("0.85")  # grey: the task does not use this modality
         image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         _annotate(ax, grid)
         ax.set_title(m, fontsize=10)
@@ -125,7 +130,7 @@ def plot_routing(fingerprints: Mapping[str, Mapping[str, Fingerprint]], out_png:
         ax.set_yticks(range(len(tasks)), tasks if ax is axes[0, 0] else [""] * len(tasks), fontsize=9)
         ax.set_xlabel("expert", fontsize=9)
     fig.colorbar(image, ax=list(axes[0]), label="activation ratio", shrink=0.9)
-    fig.suptitle("Routing fingerprints: activation ratio per expert", fontsize=11)
+    fig.suptitle("Routing fingerprints: activation ratio per expert (grey: modality unused)", y=1.08)
     return _save(fig, out_png)
 
 
@@ -138,7 +143,7 @@ def plot_affinity(tasks: Sequence[str], matrix: np.ndarray, out_png: str | Path)
     size = 2.5 + 0.6 * len(tasks)
     fig, ax = plt.subplots(figsize=(size + 1.0, size))
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="magma")
-    _annotate(ax, matrix)
+    _annotate(ax, matrix, size=9 if len(tasks) <= 8 else 7)
     ax.set_xticks(range(len(tasks)), list(tasks), rotation=45, ha="right", fontsize=9)
     ax.set_yticks(range(len(tasks)), list(tasks), fontsize=9)
     fig.colorbar(image, ax=ax, label="routing overlap (1 = identical)", shrink=0.85)
@@ -166,6 +171,15 @@ def plot_trajectories(stream_results: Sequence[Any], out_png: str | Path) -> Pat
     for ax in axes.flat[n_panels:]:
         ax.axis("off")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def style(k: int) -> dict[str, Any]:  # distinct markers keep overlapping strategies visible
+        return {
+            "color": colors[k % len(colors)],
+            "marker": "osD^vP*X"[k % 8],
+            "ms": 7 - min(k, 3),
+            "alpha": 0.9,
+        }
+
     n_stages = max(len(r["matrix"]) for r in runs)
     for i, task in enumerate(tasks):
         ax = axes.flat[i]
@@ -173,7 +187,7 @@ def plot_trajectories(stream_results: Sequence[Any], out_png: str | Path) -> Pat
             pts = [(s, row[task]) for s, row in enumerate(r["matrix"]) if task in row]
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", color=colors[k % len(colors)], label=r["strategy"])
+                ax.plot(xs, ys, **style(k), label=r["strategy"])
         metric = next((r["metric"][task] for r in runs if task in r.get("metric", {})), "score")
         ax.set_title(task, fontsize=10)
         ax.set_ylabel(metric, fontsize=9)
@@ -181,7 +195,7 @@ def plot_trajectories(stream_results: Sequence[Any], out_png: str | Path) -> Pat
     for k, r in enumerate(runs):
         color = colors[k % len(colors)]
         stages = range(len(r["stage_params"]))
-        pax.plot(stages, np.cumsum(r["stage_params"]), marker="o", color=color, label=r["strategy"])
+        pax.plot(stages, np.cumsum(r["stage_params"]), **style(k), label=r["strategy"])
         if r.get("serving_params"):
             pax.plot(range(len(r["serving_params"])), r["serving_params"], ls=":", color=color)
     pax.set_title("parameters (solid: cumulative stored, dotted: serving)", fontsize=9)
@@ -191,6 +205,7 @@ def plot_trajectories(stream_results: Sequence[Any], out_png: str | Path) -> Pat
         ax.set_xticks(range(n_stages))
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
+    pax.legend(fontsize=8)
     stages_txt = " | ".join(",".join(s) for s in runs[0]["stages"])
     fig.suptitle(f"Continual stream: {stages_txt}", fontsize=11)
     fig.tight_layout()

@@ -38,9 +38,10 @@ def diagonal_fisher(
     max_batches: int = FISHER_MAX_BATCHES,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Empirical diagonal Fisher of the shared parameters: the square of each minibatch's gradient of the
-    summed task losses (true labels), averaged over at most `max_batches` minibatches of a fixed random
-    order. Eval mode: dropout and router noise would only add variance that is not the tasks'."""
+    """Empirical diagonal Fisher of the shared parameters from minibatch gradients of the summed task
+    losses (true labels): the squared gradient of each minibatch mean times its size, an estimate of
+    the per-sample Fisher (so `lam` has its usual scale), averaged over at most `max_batches`
+    minibatches of a fixed random order. Eval mode: dropout and router noise only add variance."""
     if batch.size == 0:
         raise ValueError("batch is empty: the Fisher needs labelled samples of the stage's tasks")
     if batch_size < 1 or max_batches < 1:
@@ -67,7 +68,7 @@ def diagonal_fisher(
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             for (n, _), g in zip(named, grads, strict=True):
                 if g is not None:
-                    fisher[n] += g.detach() ** 2
+                    fisher[n] += g.detach().pow(2) * sub.size
             used += 1
     finally:
         for (_, p), flag in zip(named, flags, strict=True):

@@ -60,14 +60,14 @@ def _block_view(block: FlameBlock, routers: dict[str, Router], experts: Sequence
 class ExpandFlame(nn.Module):
     """A frozen stage-0 `Flame` plus the experts and router heads later stages added, and task cursors.
 
-    `added[b]` holds block b's added experts in stage order; `heads[str(s)][b][m]` is stage s's router
+    `added[b]` holds block b's added experts in stage order; `router_heads[str(s)][b][m]` is stage s's router
     head for modality m in block b (s >= 1; stage 0 uses the base model's routers)."""
 
     def __init__(self, model: Flame) -> None:
         super().__init__()
         self.model = model
         self.added = nn.ModuleList(nn.ModuleList() for _ in model.blocks)
-        self.heads = nn.ModuleDict()
+        self.router_heads = nn.ModuleDict()
         self.pool_size: list[int] = [model.config.n_experts]  # experts per block at each stage
         self.cursor: dict[str, int] = {t: 0 for t in model.specs.tasks}
         self.open_params: list[nn.Parameter] | None = None
@@ -127,7 +127,7 @@ class ExpandFlame(nn.Module):
                 heads[m] = head
             stage_heads.append(heads)
             trainable += [p for e in fresh for p in e.parameters()] + list(heads.parameters())
-        self.heads[str(t)] = stage_heads
+        self.router_heads[str(t)] = stage_heads
         self.pool_size.append(size)
         for x in new_tasks:
             self.cursor[x] = t
@@ -149,7 +149,7 @@ class ExpandFlame(nn.Module):
     def _router(self, c: int, b: int, m: str) -> Router | None:
         """Modality m's router head for cursor c in block b: the latest one from a stage <= c."""
         for s in range(c, 0, -1):
-            heads = self.heads[str(s)][b]
+            heads = self.router_heads[str(s)][b]
             if m in heads:
                 return heads[m]  # type: ignore[return-value]
         base: nn.ModuleDict = self.model.blocks[b].routers  # type: ignore[assignment]

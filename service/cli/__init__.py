@@ -2,10 +2,11 @@
 
 import typer
 
-from service.cli import continual, data, train
+from service.cli import analyze, continual, data, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FLAME: train, evaluate and serve.")
 app.add_typer(data.app, name="data")
+app.add_typer(analyze.app, name="analyze")
 app.command("train")(train.train_command)
 app.command("evaluate")(train.evaluate_command)
 app.command("continual")(continual.continual_command)

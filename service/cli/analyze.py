@@ -20,6 +20,7 @@ Out = Annotated[Path, typer.Option(help="directory for the PNGs and JSON")]
 Benchmark = Annotated[str | None, typer.Option(help="use this benchmark's test split as data")]
 Data = Annotated[Path | None, typer.Option(help="JSONL samples (labels say which tasks to analyse)")]
 Limit = Annotated[int, typer.Option(help="use at most this many samples")]
+Size = Annotated[int | None, typer.Option(help="patients to generate (with --benchmark synthetic-icu)")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -44,7 +45,7 @@ def _load_model(directory: Path) -> tuple[Any, Any]:
         raise _fail(f"{directory}: not a loadable FLAME checkpoint: {e}") from None
 
 
-def _load_samples(specs, benchmark: str | None, data: Path | None, limit: int) -> list[dict]:  # type: ignore[no-untyped-def]
+def _load_samples(specs, benchmark: str | None, data: Path | None, limit: int, n: int | None) -> list[dict]:  # type: ignore[no-untyped-def]
     from flame_core.jsonl import read_jsonl
     from flame_core.validation import SampleInvalid, validate_dataset
 
@@ -56,7 +57,7 @@ def _load_samples(specs, benchmark: str | None, data: Path | None, limit: int) -
         from flame_core.benchmarks import load_benchmark
 
         try:
-            samples = load_benchmark(benchmark).splits["test"]
+            samples = load_benchmark(benchmark, n=n).splits["test"]
         except ValueError as e:
             raise _fail(str(e)) from None
         return samples[:limit]
@@ -73,14 +74,14 @@ def _load_samples(specs, benchmark: str | None, data: Path | None, limit: int) -
         raise _fail(f"--data {data}: {e}") from None
 
 
-def _prepare(directory: Path, benchmark: str | None, data: Path | None, limit: int):  # type: ignore[no-untyped-def]
+def _prepare(directory: Path, benchmark: str | None, data: Path | None, limit: int, n: int | None):  # type: ignore[no-untyped-def]
     """Load the model and data, pick the labelled tasks the model has, and collate them once."""
     from flame_core.collate import collate
     from flame_core.training import labelled_tasks
 
     module, flame = _load_model(directory)
     specs = module.specs
-    samples = _load_samples(specs, benchmark, data, limit)
+    samples = _load_samples(specs, benchmark, data, limit, n)
     tasks = labelled_tasks(samples, specs)
     if not tasks:
         raise _fail(f"the data has no labels for any task of the model ({sorted(specs.tasks)})")
@@ -99,13 +100,18 @@ def _write_json(path: Path, obj: Any) -> Path:
 
 @app.command("spectra")
 def spectra_command(
-    checkpoint: Checkpoint, out: Out, benchmark: Benchmark = None, data: Data = None, limit: Limit = 2000
+    checkpoint: Checkpoint,
+    out: Out,
+    benchmark: Benchmark = None,
+    data: Data = None,
+    limit: Limit = 2000,
+    n: Size = None,
 ) -> None:
     """Input, weight-only and data-aware spectra of every expert weight (paper App. D.4)."""
     from flame_core.analysis import TARGETS, expert_spectra
     from flame_core.plots import plot_spectra
 
-    module, flame, batch, tasks = _prepare(checkpoint, benchmark, data, limit)
+    module, flame, batch, tasks = _prepare(checkpoint, benchmark, data, limit, n)
     results = expert_spectra(flame, module, batch, tasks)
     png = plot_spectra(results, out / "spectra.png", title=f"Expert spectra on {', '.join(tasks)}")
     doc = {"tasks": tasks, "samples": batch.size, "spectra": [r.to_dict() for r in results.values()]}
@@ -124,13 +130,18 @@ def spectra_command(
 
 @app.command("routing")
 def routing_command(
-    checkpoint: Checkpoint, out: Out, benchmark: Benchmark = None, data: Data = None, limit: Limit = 2000
+    checkpoint: Checkpoint,
+    out: Out,
+    benchmark: Benchmark = None,
+    data: Data = None,
+    limit: Limit = 2000,
+    n: Size = None,
 ) -> None:
     """Per task and modality: activation ratio and mean gate of every expert (paper App. D.5)."""
     from flame_core.analysis import routing_fingerprints
     from flame_core.plots import plot_routing
 
-    module, _, batch, tasks = _prepare(checkpoint, benchmark, data, limit)
+    module, _, batch, tasks = _prepare(checkpoint, benchmark, data, limit, n)
     fps = routing_fingerprints(module, batch, tasks)
     if not any(fps.values()):
         raise _fail("no sample presents any modality of the analysed tasks")
@@ -142,13 +153,18 @@ def routing_command(
 
 @app.command("affinity")
 def affinity_command(
-    checkpoint: Checkpoint, out: Out, benchmark: Benchmark = None, data: Data = None, limit: Limit = 2000
+    checkpoint: Checkpoint,
+    out: Out,
+    benchmark: Benchmark = None,
+    data: Data = None,
+    limit: Limit = 2000,
+    n: Size = None,
 ) -> None:
     """Task affinity from routing-fingerprint overlap, and the task pairs most worth training together."""
     from flame_core.analysis import routing_fingerprints, task_affinity
     from flame_core.plots import plot_affinity
 
-    module, _, batch, tasks = _prepare(checkpoint, benchmark, data, limit)
+    module, _, batch, tasks = _prepare(checkpoint, benchmark, data, limit, n)
     aff = task_affinity(routing_fingerprints(module, batch, tasks))
     if not aff.tasks:
         raise _fail("no sample presents any modality of the analysed tasks")
