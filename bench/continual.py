@@ -72,13 +72,10 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
     rows, dumps = [], []
     for name in strategies:
         t0 = time.perf_counter()
-        res = run_stream(
-            build_strategy(name, **strategy_options(name, args.rank, args.energy)),
-            data,
-            stages,
-            train_config=cfg,
-            pretrained=pretrained,
-        )
+        strategy = build_strategy(name, **strategy_options(name, args.rank, args.energy))
+        res = run_stream(strategy, data, stages, train_config=cfg, pretrained=pretrained)
+        if name == "flame" and key == args.plot_stream:
+            plot_flame(strategy.module, data, key, results_dir)
         wall = time.perf_counter() - t0 + pretrain_s
         s = res.summary()
         drop = [res.before_end[i][t] - res.matrix[i][t] for i in range(1, len(stages)) for t in stages[i]]
@@ -113,6 +110,9 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
         "max drop from truncation",
         "wall s",
     ]
+    from flame_core.plots import plot_trajectories
+
+    plot_trajectories(dumps, results_dir / f"trajectories_{key}.png")
     lines = [
         f"### {key}: `{stream}` on {bench}",
         "",
@@ -129,7 +129,32 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
             for i, m in enumerate(d["matrix"])
         ]
         lines += [markdown_table(["", *tasks], mrows), ""]
+    lines += [f"![trajectories](trajectories_{key}.png)", ""]
+    lines += [f"![trajectories](trajectories_{key}.png)", ""]
     return "\n".join(lines), dumps
+
+
+def plot_flame(cl, data, key: str, out: Path) -> None:  # type: ignore[no-untyped-def]
+    """Spectra, routing fingerprints and task affinity of the final FLAME model of one stream."""
+    from flame_core.analysis import expert_spectra, routing_fingerprints, task_affinity
+    from flame_core.collate import collate
+    from flame_core.plots import plot_affinity, plot_routing, plot_spectra
+
+    tasks = list(cl.cursor)
+    batch = collate(data.splits["test"], cl.specs, tasks=tasks, tokenizer=cl.config.tokenizer())
+    last = [t for t in tasks if cl.cursor[t] == max(cl.cursor.values())]
+    spectra = expert_spectra(cl.model, cl, batch, last)
+    plot_spectra(spectra, out / f"spectra_{key}.png", title=f"{key}: expert spectra at the last cursor")
+    fps = routing_fingerprints(cl, batch, tasks)
+    plot_routing(fps, out / f"routing_{key}.png")
+    aff = task_affinity(fps)
+    plot_affinity(aff.tasks, aff.matrix, out / f"affinity_{key}.png")
+    ranks = {n: r.ranks() for n, r in spectra.items()}
+    (out / f"analysis_{key}.json").write_text(
+        json.dumps(
+            {"ranks": ranks, "affinity_pairs": [p._asdict() for p in aff.pairs]}, indent=2, default=float
+        )
+    )
 
 
 @torch.no_grad()
@@ -191,6 +216,7 @@ def main() -> None:
     ap.add_argument("--rank", default="auto")
     ap.add_argument("--energy", type=float, default=0.99)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--plot-stream", default="icu-new-modality", help="stream whose FLAME model is analysed")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

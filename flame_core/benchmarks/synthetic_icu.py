@@ -152,7 +152,7 @@ TASKS = {  # name -> (modalities, head)
     "mortality": (("vitals", "labs", "notes", "cxr"), HeadSpec("binary")),
     "los": (("vitals", "labs", "notes"), HeadSpec("binary")),
     "phenotype": (("labs", "notes", "cxr"), HeadSpec("multilabel", 25, tuple(p[0] for p in PHENOTYPES))),
-    "acuity": (("vitals", "notes"), HeadSpec("multiclass", 4, ACUITY)),
+    "acuity": (("vitals", "notes", "cxr"), HeadSpec("multiclass", 4, ACUITY)),
     "readmission": (("labs", "cxr"), HeadSpec("binary")),
 }
 

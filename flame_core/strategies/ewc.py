@@ -64,8 +64,10 @@ def diagonal_fisher(
                 break
             sub = batch.select(order[start : start + batch_size]).to(device)
             out = model(sub, tasks)
-            loss = sum(task_loss(heads[t], out.outputs[t], sub.labels[t], sub.label_mask[t]) for t in tasks)
-            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+            loss = torch.stack(
+                [task_loss(heads[t], out.outputs[t], sub.labels[t], sub.label_mask[t]) for t in tasks]
+            )
+            grads = torch.autograd.grad(loss.sum(), [p for _, p in named], allow_unused=True)
             for (n, _), g in zip(named, grads, strict=True):
                 if g is not None:
                     fisher[n] += g.detach().pow(2) * sub.size

@@ -14,7 +14,7 @@ router heads and an expert pool over the cursor's experts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ class ExpandFlame(nn.Module):
         new_mods, new_tasks = self.model.extend(specs)
         if not new_tasks:
             raise ValueError("a continual stage needs at least one new task")
-        for block in self.model.blocks:
+        for block in self._blocks():
             for m in new_mods:
                 del block.routers[m]  # the base pool's router is never used: the stage head replaces it
         t, cfg = len(self.pool_size), self.config
@@ -109,12 +109,12 @@ class ExpandFlame(nn.Module):
         used = {m for x in new_tasks for m in self.specs.tasks[x].modalities}
         mods = [m for m in self.specs.modalities if m in used]
         stage_heads = nn.ModuleList()
-        for b in range(len(self.model.blocks)):
+        for b in range(len(self._blocks())):
             fresh = [
                 Expert(cfg.d_model, cfg.expert_hidden, cfg.conv_kernel, cfg.dropout).to(device)
                 for _ in range(n_new)
             ]
-            self.added[b].extend(fresh)
+            cast(nn.ModuleList, self.added[b]).extend(fresh)
             heads = nn.ModuleDict()
             for m in mods:
                 head = Router(cfg.d_model, size, cfg.top_k, cfg.gating, cfg.noise).to(device)
@@ -146,16 +146,19 @@ class ExpandFlame(nn.Module):
         return params
 
     # ---- cursor forward ----------------------------------------------------------------------------
+    def _blocks(self) -> list[FlameBlock]:
+        return [b for b in self.model.blocks if isinstance(b, FlameBlock)]
+
     def _router(self, c: int, b: int, m: str) -> Router | None:
         """Modality m's router head for cursor c in block b: the latest one from a stage <= c."""
         for s in range(c, 0, -1):
-            heads = self.router_heads[str(s)][b]
+            heads = cast(nn.ModuleDict, cast(nn.ModuleList, self.router_heads[str(s)])[b])
             if m in heads:
-                return heads[m]  # type: ignore[return-value]
-        base: nn.ModuleDict = self.model.blocks[b].routers  # type: ignore[assignment]
+                return cast(Router, heads[m])
+        base = self._blocks()[b].routers
         if m not in base:
             return None  # born at a later stage: its heads are stage heads
-        return base[m]  # type: ignore[return-value]
+        return cast(Router, base[m])
 
     def view(self, c: int) -> Flame:
         """A `Flame` running cursor c: the base model's modules, stage c's router heads and the first
@@ -163,10 +166,10 @@ class ExpandFlame(nn.Module):
         if not 0 <= c < len(self.pool_size):
             raise ValueError(f"cursor {c} out of range: stages 0..{len(self.pool_size) - 1}")
         blocks = nn.ModuleList()
-        for b, block in enumerate(self.model.blocks):
+        for b, block in enumerate(self._blocks()):
             routers = {m: r for m in self.specs.modalities if (r := self._router(c, b, m)) is not None}
-            extra = list(self.added[b])[: self.pool_size[c] - self.pool_size[0]]  # type: ignore[arg-type]
-            blocks.append(_block_view(block, routers, [*block.moe.experts, *extra]))  # type: ignore[union-attr]
+            experts = [e for e in (*block.moe.experts, *self.added[b].children()) if isinstance(e, Expert)]
+            blocks.append(_block_view(block, routers, experts[: self.pool_size[c]]))
         flame = Flame.__new__(Flame)
         nn.Module.__init__(flame)
         flame.config, flame.specs = self.model.config, self.model.specs

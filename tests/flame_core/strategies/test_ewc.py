@@ -100,8 +100,8 @@ def test_penalty_value_and_gradient_after_perturbation(stage0) -> None:
             p.add_(shifts[n])
     value = strategy.penalty()
     expected = 5.0 * sum(float((strategy.fisher[n] * shifts[n] ** 2).sum()) for n in strategy.fisher)
-    assert value is not None and float(value) > 0
-    assert float(value) == pytest.approx(expected, rel=1e-4)
+    assert value is not None and value.item() > 0
+    assert value.item() == pytest.approx(expected, rel=1e-4)
     stage0.zero_grad()
     value.backward()
     for n, p in named.items():
