@@ -80,14 +80,19 @@ def diagonal_fisher(
 
 
 class EwcStrategy(Strategy):
-    """Options: lam (penalty strength, default 100.0), gamma (decay of the old Fisher, default 1.0)."""
+    """Options: lam (penalty strength, default 300.0: of 10..10000 tried on the synthetic-icu and digits
+    smoke streams, it at least halved fine-tuning's forgetting and still learned the new tasks nearly as
+    well), gamma (decay of the old Fisher, default 1.0)."""
 
     name = "ewc"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.lam = float(options.get("lam", 100.0))
-        self.gamma = float(options.get("gamma", 1.0))
+        try:
+            self.lam = float(options.get("lam", 300.0))
+            self.gamma = float(options.get("gamma", 1.0))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"ewc options lam and gamma must be numbers, got {options}") from exc
         if not self.lam >= 0:
             raise ValueError(f"ewc option lam must be >= 0, got lam={options.get('lam')!r}")
         if not 0.0 <= self.gamma <= 1.0:

@@ -159,3 +159,5 @@ def test_bad_options() -> None:
         EwcStrategy(lam=-1.0)
     with pytest.raises(ValueError, match="gamma"):
         EwcStrategy(gamma=1.5)
+    with pytest.raises(ValueError, match="lam"):
+        EwcStrategy(lam="strong")
