@@ -88,14 +88,16 @@ def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def to_list(x: np.ndarray, ndigits: int = 4) -> list[Any]:
     """Nested lists of rounded Python floats, NaN replaced by None (the JSON missing value)."""
-    rounded = np.round(np.asarray(x, dtype=np.float64), ndigits).tolist()
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, list):
-            return [clean(u) for u in v]
-        return None if v != v else v  # NaN is the only value not equal to itself
-
-    return clean(rounded)
+    arr = np.round(np.asarray(x, dtype=np.float64), ndigits)
+    rounded = arr.tolist()
+    if not np.isnan(arr).any():
+        return rounded
+    # NaN is the only value not equal to itself; comprehensions by depth keep this fast (hot path)
+    if arr.ndim == 1:
+        return [None if v != v else v for v in rounded]
+    if arr.ndim == 2:
+        return [[None if v != v else v for v in row] for row in rounded]
+    return [to_list(row, ndigits) for row in arr]
 
 
 def package_csv(filename: str) -> Path:
