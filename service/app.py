@@ -1,0 +1,119 @@
+"""The FastAPI application: `create_app(settings)`; global state lives only in its lifespan.
+
+The lifespan builds the engine, session factory, artifact store and ModelHost on `app.state`, loads
+the `active` version, and polls the alias every `RELOAD_INTERVAL_S` so a version committed by a
+worker (or a rollback) is served without a restart. Importing this module does nothing heavy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from service.artifacts import LocalArtifactStore
+from service.db import make_engine, make_session_factory
+from service.errors import BodySizeLimitMiddleware, install_error_handlers
+from service.inference.host import ModelHost
+from service.inference.router import router as inference_router
+from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("flame.app")
+RELOAD_INTERVAL_S = 5.0
+
+health_router = APIRouter(tags=["operations"])
+
+
+@health_router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Readiness: a model version is loaded and the database answers; 503 otherwise."""
+    host: ModelHost = request.app.state.host
+    checks: dict[str, str] = {}
+    try:
+        with request.app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as e:  # noqa: BLE001 - any failure means not ready
+        checks["database"] = f"unreachable: {type(e).__name__}"
+    loaded = host.current
+    checks["model"] = f"ok ({loaded.id})" if loaded is not None else (host.last_error or "not loaded")
+    ready = loaded is not None and checks["database"] == "ok"
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@health_router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    """Prometheus exposition (no auth: scrape it from inside the network)."""
+    payload, content_type = render_metrics()
+    return Response(payload, media_type=content_type)
+
+
+# Routers every API process serves. The jobs side appends its own (tasks, jobs, datasets, models).
+ROUTERS: list[APIRouter] = [
+    health_router,
+    inference_router,
+]
+
+
+async def _watch_alias(host: ModelHost, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(host.reload_if_changed)
+        except Exception:  # noqa: BLE001 - a DB hiccup must not kill the watcher
+            log.exception("alias watch failed")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.database_url)
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.store = LocalArtifactStore(settings.artifact_root)
+    app.state.host = ModelHost(
+        store=app.state.store, session_factory=app.state.session_factory, device=settings.device
+    )
+    try:
+        await run_in_threadpool(app.state.host.reload_if_changed)
+    except Exception:  # noqa: BLE001 - start anyway; /readyz says why it is not ready
+        log.exception("initial model load failed")
+    watcher = asyncio.create_task(_watch_alias(app.state.host, app.state.reload_interval_s))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None, *, reload_interval_s: float = RELOAD_INTERVAL_S) -> FastAPI:
+    """A new app for `settings` (default: from the environment); nothing connects until startup."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(title="FLAME Serve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.reload_interval_s = reload_interval_s
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Outermost first: metrics and request id see every response, including 413s.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware)
+    return app

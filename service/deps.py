@@ -1,0 +1,89 @@
+"""FastAPI dependencies: the app's settings, sessions, model host and API-key auth.
+
+Everything comes from `app.state` (built in the lifespan), never from module globals, so tests can
+run several apps side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.artifacts import ArtifactStore
+from service.auth.models import ApiKey
+from service.auth.service import SCOPES, authenticate, has_scope
+from service.db import session_scope
+from service.errors import Unauthenticated
+from service.inference.host import ModelHost
+from service.registry.errors import PermissionDenied
+from service.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A unit of work per request: committed when the route returns, rolled back if it raises."""
+    with session_scope(request.app.state.session_factory) as session:
+        yield session
+
+
+def get_host(request: Request) -> ModelHost:
+    return request.app.state.host
+
+
+def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+SessionDep = Annotated[Session, Depends(get_session)]
+HostDep = Annotated[ModelHost, Depends(get_host)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:
+    """A dependency: the caller's API key if it grants `scope` (401 without a valid key, 403 without
+    the scope); None when `settings.auth_enabled` is false."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
+
+    def dependency(request: Request) -> ApiKey | None:
+        settings: Settings = request.app.state.settings
+        if not settings.auth_enabled:
+            return None
+        token = _bearer(request)
+        if token is None:
+            raise Unauthenticated(
+                "missing API key: send 'Authorization: Bearer <token>'", field="authorization"
+            )
+        with request.app.state.session_factory() as session:
+            key = authenticate(session=session, token=token)
+            if key is not None:
+                session.expunge(key)
+        if key is None:
+            raise Unauthenticated("invalid or revoked API key", field="authorization")
+        if not has_scope(key, scope):
+            raise PermissionDenied(f"API key {key.prefix!r} lacks the {scope!r} scope", field="scope")
+        request.state.caller_key_id = key.id
+        return key
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency

@@ -1,0 +1,149 @@
+"""One place that turns exceptions into HTTP: `{"error": {"code", "message", "field", ...}}`.
+
+Domain code raises its own exceptions (registry `DomainError`s, flame_core's `SampleInvalid`) and
+knows nothing of status codes; this module maps the classes. Messages never quote payload values
+beyond what the validator puts in them (a field path and the offending scalar).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flame_core.validation import SampleInvalid
+from service.registry.errors import (
+    ArtifactCorrupt,
+    Conflict,
+    DomainError,
+    NotFound,
+    PermissionDenied,
+)
+
+log = logging.getLogger("flame.errors")
+
+
+class Unauthenticated(DomainError):
+    code = "unauthorized"
+
+
+class BodyTooLarge(DomainError):
+    code = "body_too_large"
+
+
+class PayloadInvalid(DomainError):
+    """A request that is well-formed JSON but breaks a service limit or shape (e.g. too many instances)."""
+
+    code = "payload_invalid"
+
+
+class ModelNotReady(DomainError):
+    code = "model_not_ready"
+
+
+def _status_of(exc: DomainError) -> int:
+    table: list[tuple[type[DomainError], int]] = [
+        (Unauthenticated, 401),
+        (PermissionDenied, 403),
+        (NotFound, 404),
+        (Conflict, 409),
+        (BodyTooLarge, 413),
+        (PayloadInvalid, 422),
+        (ModelNotReady, 503),
+        (ArtifactCorrupt, 500),
+    ]
+    for cls, status in table:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field, **extra}}
+
+
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = _status_of(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "5"}
+    return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=status, headers=headers)
+
+
+async def _sample_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SampleInvalid)
+    body = error_body(
+        "sample_invalid", str(exc), exc.field, instance=exc.sample, task=exc.task, modality=exc.modality
+    )
+    return JSONResponse(body, status_code=422)
+
+
+async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = first.get("msg", "invalid request")
+    details = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg")} for e in errors]
+    return JSONResponse(error_body("request_invalid", message, field, details=details[:20]), status_code=422)
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail), None), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+    return JSONResponse(error_body("internal", "internal server error", None), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain)
+    app.add_exception_handler(SampleInvalid, _sample_invalid)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over `max_bytes`: at once from Content-Length, else while the body streams in
+    (the read raises BodyTooLarge inside the app, where the handler above answers)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            msg = f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes} bytes"
+            response = JSONResponse(error_body(BodyTooLarge.code, msg, "body"), status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(
+                        f"request body exceeds the limit of {self.max_bytes} bytes", field="body"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)

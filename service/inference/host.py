@@ -1,0 +1,143 @@
+"""ModelHost: holds the model version the alias `active` points at, and swaps it without downtime.
+
+`reload_if_changed()` reads the alias; when it moved, the new version is loaded *beside* the old
+one (digest-checked files, moved to the device, every cursor model pre-built so no request pays for
+it), then one attribute assignment swaps them. A request takes `host.current` once and keeps that
+`LoadedVersion` to the end, so in-flight requests finish on the version they started with, and the
+old one is freed when its last request drops it.
+
+Batching: each request runs its own forward pass (its instances batched together). A per-task
+micro-batcher across requests can sit in front of `LoadedVersion.forward` later without changing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from flame_core.batch import Batch
+from flame_core.continual import ContinualFlame
+from flame_core.model import Flame, FlameOutput
+from service.artifacts import ArtifactStore
+from service.errors import ModelNotReady
+from service.observability import set_model_version
+from service.registry.errors import AliasNotFound
+from service.registry.versions import resolve_alias
+from service.versioning import load_version
+
+log = logging.getLogger("flame.host")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` means CUDA when this process can see a GPU, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class LoadedVersion:
+    """One immutable, ready-to-serve model version: its id, digest and a frozen model per cursor."""
+
+    id: str
+    digest: str
+    model: ContinualFlame
+    device: torch.device
+    cursor_models: dict[int, Flame] = field(default_factory=dict)
+    tokenizer: Any = None
+
+    @property
+    def specs(self):  # type: ignore[no-untyped-def]
+        return self.model.specs
+
+    def cursor_of(self, task: str) -> int:
+        return self.model.cursor[task]
+
+    def forward(self, batch: Batch, task: str) -> FlameOutput:
+        """One plain forward pass of the task's cursor model (no weight swapping per call)."""
+        model = self.cursor_models[self.cursor_of(task)]
+        with torch.inference_mode():
+            return model(batch.to(self.device), [task])
+
+
+def load_loaded_version(store: ArtifactStore, version: Any, device: torch.device) -> LoadedVersion:
+    cl = load_version(store, version, device=device)
+    cl.eval()
+    cursors = sorted(set(cl.cursor.values()))
+    models = {c: cl.cursor_model(c).eval() for c in cursors}
+    return LoadedVersion(
+        id=version.id,
+        digest=version.digest,
+        model=cl,
+        device=device,
+        cursor_models=models,
+        tokenizer=cl.config.tokenizer(),
+    )
+
+
+class ModelHost:
+    """The process's model slot. Thread-safe: one reload at a time, lock-free reads of `current`."""
+
+    def __init__(
+        self,
+        *,
+        store: ArtifactStore,
+        session_factory: sessionmaker[Session],
+        device: str = "auto",
+        alias: str = "active",
+    ) -> None:
+        self.store = store
+        self.session_factory = session_factory
+        self.device = resolve_device(device)
+        self.alias = alias
+        self._current: LoadedVersion | None = None
+        self._reload_lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        return self._current
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def get(self) -> LoadedVersion:
+        """The version to serve this request with; hold on to it for the whole request."""
+        loaded = self._current
+        if loaded is None:
+            reason = f" ({self.last_error})" if self.last_error else ""
+            raise ModelNotReady(f"no model version is loaded yet{reason}; retry shortly")
+        return loaded
+
+    def reload_if_changed(self) -> bool:
+        """Load the alias's version if it differs from the held one; True when a swap happened.
+
+        A failed load leaves the held version serving (and the error in `last_error`)."""
+        with self._reload_lock:
+            with self.session_factory() as session:
+                try:
+                    version = resolve_alias(session=session, alias=self.alias)
+                except AliasNotFound as e:
+                    self.last_error = e.message
+                    return False
+                session.expunge(version)
+            held = self._current
+            if held is not None and held.id == version.id and held.digest == version.digest:
+                return False
+            try:
+                loaded = load_loaded_version(self.store, version, self.device)
+            except Exception as e:  # noqa: BLE001 - keep serving the old version, report why
+                self.last_error = f"loading version {version.id!r} failed: {e}"
+                log.exception("model load failed", extra={"version": version.id})
+                return False
+            self._current = loaded  # the atomic swap
+            self.last_error = None
+            set_model_version(loaded.id, held.id if held is not None else None)
+            log.info("model version loaded", extra={"version": loaded.id})
+            return True

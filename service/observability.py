@@ -1,0 +1,210 @@
+"""Metrics, request ids and JSON logs (DESIGN s7).
+
+Every metric carries the `flame_` prefix, base units and bounded labels (route templates, task and
+modality names the model declares, expert indices; never ids or payloads). With
+`PROMETHEUS_MULTIPROC_DIR` set (several uvicorn/gunicorn workers), `/metrics` aggregates every
+process's files through prometheus-client's multiprocess collector. Logs are one JSON object per
+line and never hold payloads: only who, which route/task/version, which modalities, how long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+HTTP_REQUESTS = Counter(
+    "flame_http_requests",
+    "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "flame_http_request_duration_seconds",
+    "HTTP request latency by route template and method.",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICT_DURATION = Histogram(
+    "flame_predict_duration_seconds",
+    "Prediction latency per task and stage (validate, forward).",
+    ["task", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICT_BATCH_SIZE = Histogram(
+    "flame_predict_batch_size", "Instances per forward pass.", buckets=BATCH_BUCKETS
+)
+MODALITY_PRESENCE = Counter(
+    "flame_modality_presence",
+    "Per predicted instance: each modality of the task, present or missing.",
+    ["task", "modality", "state"],
+)
+EXPERT_SELECTIONS = Counter(
+    "flame_expert_selections", "Top-k expert picks per modality (last block).", ["modality", "expert"]
+)
+MODEL_INFO = Gauge(
+    "flame_model_info",
+    "The served model version (1 for the version held now).",
+    ["version"],
+    multiprocess_mode="liveall",
+)
+QUEUE_DEPTH = Gauge(
+    "flame_queue_depth",
+    "Prediction requests waiting for or running a forward pass.",
+    multiprocess_mode="livesum",
+)
+# Updated by the jobs side (service/jobs); defined here so one module owns every metric name.
+JOBS = Counter("flame_jobs", "Continual-learning jobs reaching a state.", ["state"])
+JOB_DURATION = Histogram(
+    "flame_job_duration_seconds",
+    "Wall time of finished continual-learning jobs.",
+    ["state"],
+    buckets=JOB_BUCKETS,
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text; with several processes, every process's metrics summed or listed."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def set_model_version(version: str, previous: str | None) -> None:
+    """`flame_model_info{version}` is 1 for the held version only."""
+    if previous is not None and previous != version:
+        if multiprocess_dir():
+            MODEL_INFO.labels(version=previous).set(0)
+        else:
+            with contextlib.suppress(KeyError):
+                MODEL_INFO.remove(previous)
+    MODEL_INFO.labels(version=version).set(1)
+
+
+# ---- logs --------------------------------------------------------------------------------------
+_LOG_FIELDS = (
+    "request_id",
+    "route",
+    "method",
+    "status",
+    "latency_ms",
+    "task",
+    "version",
+    "instances",
+    "modalities_present",
+    "modalities_missing",
+    "caller",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the whitelisted extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for f in _LOG_FIELDS:
+            if hasattr(record, f):
+                doc[f] = getattr(record, f)
+        if record.exc_info:
+            doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(doc, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for the `flame` loggers (idempotent: one handler however many apps)."""
+    logger = logging.getLogger("flame")
+    logger.setLevel(level)
+    if not any(getattr(h, "_flame_json", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._flame_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+access_log = logging.getLogger("flame.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ObservabilityMiddleware:
+    """Request id (honours a safe incoming `X-Request-ID`), HTTP metrics by route template, access log.
+
+    Pure ASGI (no BaseHTTPMiddleware) so streaming and the body-size limit behave. Routes that match
+    nothing are counted as `route="unmatched"` to keep the label set bounded.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = {"code": 500}
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route_obj = scope.get("route")
+            route = getattr(route_obj, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(route=route, method=method, status=str(status["code"])).inc()
+            HTTP_DURATION.labels(route=route, method=method).observe(elapsed)
+            extra = {k: v for k, v in state.get("log", {}).items() if k in _LOG_FIELDS}
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "route": route,
+                    "method": method,
+                    "status": status["code"],
+                    "latency_ms": round(elapsed * 1000, 3),
+                    **extra,
+                },
+            )
