@@ -24,6 +24,8 @@ from torch.func import functional_call
 
 from flame_core.batch import Batch
 from flame_core.components import LowRank, choose_rank, truncate
+from flame_core.config import FlameConfig
+from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput
 from flame_core.specs import SpecSet
 
@@ -111,7 +113,7 @@ class ContinualFlame(nn.Module):
         return self.model.specs
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
+    def config(self) -> FlameConfig:
         return self.model.config
 
     @property
@@ -143,7 +145,7 @@ class ContinualFlame(nn.Module):
                 trainable.append(p)
             elif kind_of(name) == "stacked" and self.adapter_rank is None:
                 self.live_deltas[_key(name)] = nn.Parameter(torch.zeros_like(p))
-            elif kind_of(name) == "stacked" and p.dim() >= 2:
+            elif kind_of(name) == "stacked" and p.dim() >= 2 and self.adapter_rank is not None:
                 fan_in = p[0].numel()
                 r = min(self.adapter_rank, p.shape[0], fan_in)
                 self.live_b[_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
@@ -272,7 +274,7 @@ class ContinualFlame(nn.Module):
             for module in model.modules():  # statistics hooks on self.model must not travel along
                 module._forward_pre_hooks.clear()
                 module._forward_hooks.clear()
-                if hasattr(module, "observe"):
+                if isinstance(module, Expert):
                     module.observe = None
             own = dict(model.named_parameters())
             with torch.no_grad():

@@ -141,6 +141,7 @@ class Flame(nn.Module):
         for m in new_mods:
             self.encoders[m] = build_encoder(merged.modalities[m], cfg).to(device)
             for block in self.blocks:
+                assert isinstance(block, FlameBlock)
                 block.attn_norm[m] = nn.LayerNorm(d).to(device)
                 block.attn[m] = SelfAttention(d, cfg.n_heads).to(device)
                 block.moe_norm[m] = nn.LayerNorm(d).to(device)

@@ -15,6 +15,7 @@ from flame_core.benchmarks.base import BenchmarkData
 from flame_core.collate import collate
 from flame_core.config import FlameConfig
 from flame_core.model import Flame, build_flame
+from flame_core.specs import SpecSet
 from flame_core.strategies.base import Strategy
 from flame_core.training import TrainConfig, evaluate, seed_everything, train
 
@@ -83,7 +84,8 @@ def run_stream(
 ) -> StreamResult:
     """Stage 0: multitask FLAME on the first stage's tasks (or a copy of `pretrained`, so several
     strategies can share one stage 0). Later stages: the strategy's hooks."""
-    stages = [list(s) for s in stages]
+    stage_lists: list[list[str]] = [list(s) for s in stages]
+    stages = stage_lists
     unknown = [t for s in stages for t in s if t not in data.specs.tasks]
     if unknown:
         raise ValueError(f"stream names unknown tasks {unknown}; {data.name} has {sorted(data.specs.tasks)}")
@@ -91,12 +93,12 @@ def run_stream(
     model_config = model_config or FlameConfig()
     metric = {t: data.primary_metric.get(t, "auroc") for s in stages for t in s}
     train_s, val_s, test_s = data.splits["train"], data.splits["val"], data.splits["test"]
-    result = StreamResult(strategy.name, stages, metric, [], [], [], [], [])
+    result = StreamResult(strategy.name, stage_lists, metric, [], [], [], [], [])
     seen: list[str] = []
     for t, tasks in enumerate(stages):
         start = time.perf_counter()
         seed_everything(train_config.seed + t)
-        specs = data.specs.subset(tasks)
+        specs = data.specs.subset(list(tasks))
         if t == 0:
             if pretrained is not None:
                 model = copy.deepcopy(pretrained)
@@ -113,7 +115,7 @@ def run_stream(
             stage_params = serving = sum(p.numel() for p in model.parameters())
         else:
             params = strategy.begin_stage(specs)
-            all_specs = module.specs  # type: ignore[union-attr]
+            all_specs: SpecSet = module.specs  # type: ignore[union-attr,assignment]
             train(
                 module,
                 all_specs,

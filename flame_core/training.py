@@ -133,7 +133,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics per task on labelled `samples` (validated beforehand)."""
     tasks = list(tasks) if tasks is not None else labelled_tasks(samples, specs)
-    batch = collate(samples, specs, tasks=tasks, tokenizer=model.config.tokenizer())
+    tokenizer = model.config.tokenizer()  # type: ignore[union-attr,operator]
+    batch = collate(samples, specs, tasks=tasks, tokenizer=tokenizer)
     return evaluate_batch(model, batch, specs, tasks)
 
 
@@ -162,7 +163,7 @@ def train(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model.to(device)
-    tokenizer = model.config.tokenizer()
+    tokenizer = model.config.tokenizer()  # type: ignore[union-attr,operator]
     train_batch = collate(train_samples, specs, tasks=tasks, tokenizer=tokenizer)
     val_batch = collate(val_samples, specs, tasks=tasks, tokenizer=tokenizer)
     params = (
