@@ -22,7 +22,9 @@ from service.artifacts import LocalArtifactStore
 from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.inference.host import ModelHost
+from service.datasets.router import router as datasets_router
 from service.inference.router import router as inference_router
+from service.jobs.router import router as jobs_router
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
 from service.settings import Settings, get_settings
 
@@ -63,10 +65,12 @@ def metrics() -> Response:
     return Response(payload, media_type=content_type)
 
 
-# Routers every API process serves. The jobs side appends its own (tasks, jobs, datasets, models).
+# Routers every API process serves.
 ROUTERS: list[APIRouter] = [
     health_router,
     inference_router,
+    datasets_router,
+    jobs_router,
 ]
 
 

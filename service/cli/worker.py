@@ -1,0 +1,22 @@
+"""`flame worker`: a Celery worker that runs training stages (one at a time)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def worker_command(
+    concurrency: Annotated[int, typer.Option(min=1, help="jobs run at once (one GPU: keep 1)")] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Consume `flame.run_stage` jobs from Redis (FLAME_REDIS_URL); needs FLAME_DATABASE_URL and
+    FLAME_ARTIFACT_ROOT to match the API's."""
+    from service.jobs.celery_app import app
+    from service.settings import get_settings
+
+    if get_settings().redis_url is None:
+        raise typer.BadParameter("FLAME_REDIS_URL is not set; without Redis the API runs jobs itself")
+    app.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"])

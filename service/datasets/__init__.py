@@ -1,0 +1,1 @@
+"""Datasets: JSONL uploads validated line by line against task specs, stored by digest."""

@@ -1,0 +1,93 @@
+"""Routes: `POST /datasets` (JSONL as the raw body or a multipart `file`), `GET /datasets/{id}`.
+
+Specs to validate against come as the `specs` query parameter or multipart field (a task-spec JSON
+object); they are merged with the active model's specs. Bad lines answer 422 naming line and field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service.datasets import service
+from service.datasets.schemas import DatasetOut
+from service.jobs.deps import SessionDep, StoreDep, require_scope
+from service.jobs.responses import error_response
+from service.registry import service as registry
+from service.registry.models import Dataset
+
+router = APIRouter(tags=["datasets"])
+TrainCaller = Annotated[str, Depends(require_scope("train"))]
+MAX_DATASET_BYTES = 512 * 1024 * 1024
+
+
+def dataset_out(row: Dataset) -> dict[str, Any]:
+    return {
+        "dataset_id": row.id,
+        "name": row.name,
+        "digest": row.digest,
+        "n_samples": row.n_samples,
+        "size": row.size,
+        "summary": row.summary,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+    }
+
+
+async def _read_upload(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """The JSONL bytes and the form fields (multipart), or the raw body and no fields."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise service.DatasetInvalid("multipart upload needs a 'file' part with the JSONL", field="file")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        fields.setdefault("name", upload.filename or "")
+        return await upload.read(), fields
+    return await request.body(), {}
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetOut)
+async def upload_dataset(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    caller: TrainCaller,
+    name: Annotated[str | None, Query(max_length=256)] = None,
+    specs: Annotated[str | None, Query(description="task-spec JSON to validate labels against")] = None,
+) -> Any:
+    """Validate every line, summarise, store by digest (the same bytes answer the stored dataset)."""
+    length = int(request.headers.get("content-length") or 0)
+    if length > MAX_DATASET_BYTES:
+        return error_response(413, "too_large", f"datasets are limited to {MAX_DATASET_BYTES} bytes", "body")
+    try:
+        data, fields = await _read_upload(request)
+        raw_specs = fields.get("specs") or specs
+        try:
+            inline = json.loads(raw_specs) if raw_specs else None
+        except json.JSONDecodeError as e:
+            raise service.DatasetInvalid(f"specs is not valid JSON: {e.msg}", field="specs") from None
+        if inline is not None and not isinstance(inline, dict):
+            raise service.DatasetInvalid("specs must be a task-spec JSON object", field="specs")
+        row = await run_in_threadpool(
+            service.upload_dataset,
+            session=session,
+            store=store,
+            name=name or fields.get("name") or "dataset",
+            data=data,
+            inline_specs=inline,
+            created_by=caller,
+        )
+    except service.DatasetInvalid as e:
+        return error_response(422, e.code, e.message, e.field, line=e.line)
+    await run_in_threadpool(session.commit)
+    return dataset_out(row)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: SessionDep, _: TrainCaller) -> Any:
+    return dataset_out(registry.get_dataset(session=session, dataset_id=dataset_id))

@@ -1,0 +1,115 @@
+"""Routes: `POST /tasks` (enqueue a stage), jobs, tasks, and model versions with rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse
+
+from flame_core.specs import SpecError
+from service.jobs import service
+from service.jobs.deps import SessionDep, SessionFactoryDep, SettingsDep, StoreDep, require_scope
+from service.jobs.queue import QueueFull, enqueue, has_room
+from service.jobs.responses import error_response
+from service.jobs.schemas import (
+    ActivateOut,
+    ActivateRequest,
+    JobAccepted,
+    JobOut,
+    StageRequest,
+    TaskOut,
+    VersionDetail,
+    VersionOut,
+)
+from service.registry import service as registry
+
+router = APIRouter(tags=["jobs"])
+TrainCaller = Annotated[str, Depends(require_scope("train"))]
+AdminCaller = Annotated[str, Depends(require_scope("admin"))]
+VersionQuery = Annotated[str | None, Query(max_length=32)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+
+def _busy(retry_after: int) -> JSONResponse:
+    return error_response(
+        503,
+        "queue_full",
+        "the training queue is full; retry later",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@router.post("/tasks", status_code=202, response_model=JobAccepted)
+def submit_task(
+    body: StageRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    factory: SessionFactoryDep,
+    caller: TrainCaller,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Enqueue a continual stage for new tasks; the same Idempotency-Key answers with the first job."""
+    try:
+        job, new = service.submit_stage(
+            session=session, request=body, idempotency_key=idempotency_key, created_by=caller
+        )
+    except SpecError as e:
+        return error_response(422, "spec_invalid", e.message, e.field)
+    if new and not has_room(settings):
+        session.rollback()
+        return _busy(30)
+    session.commit()
+    if new:
+        try:
+            enqueue(job.id, settings=settings, session_factory=factory, store=store)
+        except QueueFull as e:
+            registry.mark_failed(session=session, job_id=job.id, error=e.message)
+            session.commit()
+            return _busy(e.retry_after)
+    return {"job_id": job.id, "state": "queued" if new else job.state}
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, _: TrainCaller) -> Any:
+    return service.job_out(registry.get_job(session=session, job_id=job_id))
+
+
+def _version(session: Any, version: str | None) -> str:
+    return version or registry.resolve_alias(session=session, alias="active").id
+
+
+@router.get("/tasks", response_model=list[TaskOut])
+def list_tasks(session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
+    """Tasks the version (default: active) serves, in the order they were introduced."""
+    rows = registry.list_tasks(session=session, version=_version(session, version))
+    return [service.task_out(t) for t in rows]
+
+
+@router.get("/tasks/{name}", response_model=TaskOut)
+def get_task(name: str, session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
+    return service.task_out(registry.get_task(session=session, name=name, version=_version(session, version)))
+
+
+@router.get("/models", response_model=list[VersionOut])
+def list_models(session: SessionDep, _: TrainCaller) -> Any:
+    return service.list_versions_out(session=session)
+
+
+@router.get("/models/{version}", response_model=VersionDetail)
+def get_model(version: str, session: SessionDep, _: TrainCaller) -> Any:
+    return service.version_detail(session=session, version=version)
+
+
+@router.post("/models/{version}/activate", response_model=ActivateOut)
+def activate_model(
+    version: str, session: SessionDep, caller: AdminCaller, body: ActivateRequest | None = None
+) -> Any:
+    """Move `active` (or `body.alias`) to `version`: rollback or roll-forward, recorded in its history."""
+    body = body or ActivateRequest()
+    out = service.activate(
+        session=session, version=version, alias=body.alias, moved_by=caller, reason=body.reason or "activate"
+    )
+    session.commit()
+    return out

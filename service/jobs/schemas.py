@@ -1,0 +1,123 @@
+"""Pydantic shapes at the edge of the jobs API (requests and responses); ORM rows stay inside."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class StageDatasets(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: str
+    validation: str
+    test: str | None = None  # metrics after truncation are on test, else on validation
+
+
+class StageOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=10, ge=1, le=1000)
+    rank: int | Literal["auto"] = "auto"
+    energy: float = Field(default=0.99, gt=0.0, le=1.0)
+    seed: int = Field(default=0, ge=0)
+    activate: bool = True
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    lr: float = Field(default=2e-3, gt=0.0, le=1.0)
+    patience: int = Field(default=5, ge=0)
+
+    @field_validator("rank")
+    @classmethod
+    def _positive_rank(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"rank must be >= 1 or 'auto', got {value}")
+        return value
+
+
+class StageRequest(BaseModel):
+    """`POST /tasks`: a task-spec file (DESIGN s2) plus the datasets and options of the stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modalities: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tasks: list[dict[str, Any]] = Field(min_length=1)
+    datasets: StageDatasets
+    options: StageOptions = Field(default_factory=StageOptions)
+
+    def spec_dict(self) -> dict[str, Any]:
+        return {"modalities": self.modalities, "tasks": self.tasks}
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    state: str
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: str
+    state: str
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    parent_version: str | None
+    result_version: str | None
+    attempts: int
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TaskOut(BaseModel):
+    name: str
+    spec: dict[str, Any]
+    cursor: int
+    introduced_in: str
+    metrics: dict[str, Any]
+    model_card: dict[str, Any]
+
+
+class VersionOut(BaseModel):
+    version: str
+    parent: str | None
+    status: str
+    digest: str
+    created_by: str
+    created_at: datetime
+    note: str
+    aliases: list[str]
+    tasks_introduced: list[str]
+
+
+class VersionDetail(VersionOut):
+    lineage: list[str]
+    tasks: list[str]
+    files: list[dict[str, Any]]
+    reserved_rank_max: int
+    n_components: int
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000)
+    alias: str = "active"
+
+
+class AliasMove(BaseModel):
+    alias: str
+    from_version: str | None
+    to_version: str
+    moved_by: str
+    reason: str
+    moved_at: datetime
+
+
+class ActivateOut(BaseModel):
+    alias: str
+    version: str
+    previous: str | None
+    history: list[AliasMove]

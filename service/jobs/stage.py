@@ -1,0 +1,171 @@
+"""`run_stage(job_id)`: one continual stage, from a queued job to a registered model version.
+
+The plain, idempotent function behind the Celery task and the in-process queue. A finished job is
+never run again; a redelivered running job (the worker died) runs again from its parent version.
+The new version and the job's success commit in ONE transaction; any failure marks the job failed
+with its message and changes nothing else (blobs written before the failure are unreferenced).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from flame_core.collate import collate
+from flame_core.continual import ContinualFlame
+from flame_core.statistics import routed_second_moments
+from flame_core.training import TrainConfig, evaluate, train
+from service.artifacts import ArtifactStore
+from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
+from service.db import session_scope
+from service.jobs.schemas import StageRequest
+from service.jobs.specs import stage_specs
+from service.registry import service as registry
+from service.registry.errors import Conflict
+from service.settings import Settings
+from service.versioning import load_version, stage_records, version_files
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe metrics: NaN/inf become None (PostgreSQL's JSON refuses them)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _progress(session_factory: sessionmaker[Session], job_id: str, **progress: Any) -> None:
+    with session_scope(session_factory) as session:
+        registry.update_progress(session=session, job_id=job_id, progress=_plain(progress))
+
+
+def _load_split(session_factory, store, dataset_id, specs, tasks, split):  # type: ignore[no-untyped-def]
+    with session_scope(session_factory) as session:
+        row = registry.get_dataset(session=session, dataset_id=dataset_id)
+    try:
+        return validate_lines(read_dataset(store, row), specs, tasks)
+    except DatasetInvalid as e:
+        raise ValueError(f"{split} dataset {dataset_id}: {e.message}") from None
+
+
+def _train_stage(
+    job_id: str, request: StageRequest, parent_id: str, *, session_factory, store, settings
+) -> tuple[ContinualFlame, int, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    with session_scope(session_factory) as session:
+        parent = registry.get_version(session=session, version=parent_id)
+    cl = load_version(store, parent)
+    cl.rank_budget = settings.capacity_rank_budget
+    new = stage_specs(cl.specs, request.spec_dict())
+    full = cl.specs.merge(new)
+    tasks = list(new.tasks)
+    ds = request.datasets
+    train_s = _load_split(session_factory, store, ds.train, full, tasks, "train")
+    val_s = _load_split(session_factory, store, ds.validation, full, tasks, "validation")
+    test_s = _load_split(session_factory, store, ds.test, full, tasks, "test") if ds.test else val_s
+    for split, samples in (("train", train_s), ("validation", val_s)):
+        unlabelled = [t for t in tasks if not any(t in s["labels"] for s in samples)]
+        if unlabelled:
+            raise ValueError(f"{split} dataset has no labels for the new tasks {unlabelled}")
+
+    opts = request.options
+    epochs = opts.epochs
+    params = cl.begin_stage(new)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        patience=opts.patience,
+        seed=opts.seed,
+        device=settings.device,
+        progress=False,
+    )
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        _progress(
+            session_factory,
+            job_id,
+            phase="training",
+            epoch=record["epoch"],
+            epochs=epochs,
+            loss=record["loss"],
+            val_score=record["val_score"],
+        )
+
+    result = train(cl, cl.specs, train_s, val_s, config, tasks=tasks, parameters=params, on_epoch=on_epoch)
+    _progress(session_factory, job_id, phase="truncating")
+    batch = collate(train_s, cl.specs, tasks=tasks, tokenizer=cl.config.tokenizer())
+    moments, _ = routed_second_moments(cl, cl.model, batch, tasks)
+    stage = cl.end_stage(rank=opts.rank, energy=opts.energy, second_moments=moments)
+    cl.to("cpu").eval()
+    # Reported numbers are after truncation, one task per pass (as the service predicts).
+    with torch.no_grad():
+        metrics = {t: evaluate(cl, cl.specs, test_s, [t])[t] for t in tasks}
+    ranks = stage.ranks
+    summary = {
+        "tasks": metrics,
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+        "ranks": {"mean": sum(ranks.values()) / max(len(ranks), 1), "max": max(ranks.values(), default=0)},
+        "stage_params": stage.stored_numel(),
+        "evaluated_on": "test" if ds.test else "validation",
+    }
+    return cl, len(cl.stages) - 1, _plain(summary)
+
+
+def run_stage(
+    job_id: str, *, session_factory: sessionmaker[Session], store: ArtifactStore, settings: Settings
+) -> str | None:
+    """Run the job's stage; return the new version id (None if the job failed)."""
+    with session_scope(session_factory) as session:
+        job = registry.get_job(session=session, job_id=job_id)
+        if job.state == "succeeded":
+            return job.result_version
+        if job.state == "failed":
+            return None
+        registry.mark_running(session=session, job_id=job_id)
+        raw_request, parent_id = dict(job.request), job.parent_version
+    try:
+        request = StageRequest.model_validate(raw_request)
+        if parent_id is None:
+            raise ValueError("the job has no parent version; a stage continues an existing model")
+        cl, index, summary = _train_stage(
+            job_id, request, parent_id, session_factory=session_factory, store=store, settings=settings
+        )
+        _progress(session_factory, job_id, phase="registering")
+        components, tasks, modalities = stage_records(cl, index, summary["tasks"])
+        with session_scope(session_factory) as session:
+            version = registry.register_version(
+                session=session,
+                store=store,
+                parent=parent_id,
+                files=version_files(cl),
+                moved_by=f"job:{job_id}",
+                components=components,
+                tasks=tasks,
+                modalities=modalities,
+                move_alias="active" if request.options.activate else None,
+                reason=f"stage {index}: {', '.join(t.name for t in tasks)}",
+                rank_budget=settings.capacity_rank_budget,
+            )
+            registry.mark_succeeded(
+                session=session, job_id=job_id, result_version=version.id, metrics={**summary, "stage": index}
+            )
+        return version.id
+    except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
+        log.exception("job %s failed", job_id)
+        message = f"{type(e).__name__}: {e}"
+        try:
+            with session_scope(session_factory) as session:
+                registry.mark_failed(session=session, job_id=job_id, error=message)
+        except Conflict:
+            log.warning("job %s finished elsewhere; its failure here is not recorded", job_id)
+        return None

@@ -1,0 +1,114 @@
+"""Fixtures for the jobs tests: a tiny pretrained FLAME registered as v1, and an app with the routers.
+
+The model is pretrained once per test session (1 epoch, synthetic-icu n=200, task mortality); each
+test registers it afresh as v1 on clean tables of the real database (SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from flame_core.benchmarks.synthetic_icu import generate
+from flame_core.config import FlameConfig
+from flame_core.continual import ContinualFlame
+from flame_core.model import build_flame
+from flame_core.training import TrainConfig, train
+from flame_core.validation import validate_dataset
+from service.datasets.router import router as datasets_router
+from service.jobs.queue import local_queue
+from service.jobs.router import router as jobs_router
+from service.registry import service as registry
+from service.registry.errors import Conflict, DomainError, NotFound, PermissionDenied
+from service.settings import Settings
+from service.versioning import stage_records, version_files
+
+TINY = FlameConfig(
+    d_model=16, n_experts=4, top_k=2, expert_hidden=32, ts_ref_points=4, n_heads=2, text_buckets=64
+)
+LOS = {"name": "los", "modalities": ["vitals", "labs", "notes"], "head": {"type": "binary"}}
+
+
+def only_labels(samples: list[dict], tasks: list[str]) -> list[dict]:
+    return [
+        {**s, "labels": {t: s["labels"][t] for t in tasks if s["labels"].get(t) is not None}} for s in samples
+    ]
+
+
+@pytest.fixture(scope="session")
+def icu() -> Any:
+    return generate(seed=0, n=200)
+
+
+@pytest.fixture(scope="session")
+def pretrained(icu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Stage 0 of a tiny ContinualFlame: its files and registry records, made once."""
+    torch.manual_seed(0)
+    specs = icu.specs.subset(["mortality"])
+    tr = validate_dataset(only_labels(icu.splits["train"], ["mortality"]), specs, ["mortality"])
+    va = validate_dataset(only_labels(icu.splits["val"], ["mortality"]), specs, ["mortality"])
+    model = build_flame(TINY, specs)
+    train(model, specs, tr, va, TrainConfig(epochs=1, device="cpu", progress=False, seed=0))
+    cl = ContinualFlame(model)
+    return {"files": version_files(cl), "records": stage_records(cl, 0), "cl": copy.deepcopy(cl)}
+
+
+@pytest.fixture
+def v1(session_factory, store, pretrained) -> str:  # type: ignore[no-untyped-def]
+    components, tasks, modalities = pretrained["records"]
+    with session_factory.begin() as s:
+        version = registry.register_version(
+            session=s,
+            store=store,
+            parent=None,
+            files=pretrained["files"],
+            moved_by="test",
+            components=components,
+            tasks=tasks,
+            modalities=modalities,
+            reason="stage 0",
+        )
+    return version.id
+
+
+def _status(e: DomainError) -> int:
+    if isinstance(e, NotFound):
+        return 404
+    if isinstance(e, PermissionDenied):
+        return 403
+    return 409 if isinstance(e, Conflict) else 400
+
+
+def make_app(settings: Settings, session_factory, store) -> FastAPI:  # type: ignore[no-untyped-def]
+    """The routers on a bare app with the lifespan state the real app sets."""
+    app = FastAPI()
+    app.state.settings, app.state.session_factory, app.state.store = settings, session_factory, store
+    app.include_router(jobs_router)
+    app.include_router(datasets_router)
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, e: DomainError) -> JSONResponse:
+        body = {"error": {"code": e.code, "message": e.message, "field": e.field}}
+        return JSONResponse(status_code=_status(e), content=body)
+
+    return app
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+    return Settings(
+        database_url="sqlite://", artifact_root=tmp_path / "artifacts", auth_enabled=False, device="cpu"
+    )
+
+
+@pytest.fixture
+def client(settings, session_factory, store):  # type: ignore[no-untyped-def]
+    with TestClient(make_app(settings, session_factory, store)) as c:
+        yield c
+    local_queue.join()  # no job may outlive the tables it writes to

@@ -1,0 +1,143 @@
+"""A stage through the REAL Redis broker and a REAL Celery worker process on the REAL PostgreSQL.
+
+The worker gets only environment variables (as in deployment): FLAME_REDIS_URL, FLAME_DATABASE_URL
+(a scratch database made for this test) and FLAME_ARTIFACT_ROOT shared with the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from service.artifacts import LocalArtifactStore
+from service.db import load_models, make_engine, make_session_factory
+from service.jobs.queue import enqueue
+from service.registry import service as registry
+from service.settings import Settings
+
+from ..conftest import PG_URL
+from .conftest import LOS, only_labels
+
+REDIS_URL = os.environ.get("FLAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _require_redis() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as e:  # noqa: BLE001 - any failure to connect means the same thing here
+        pytest.fail(
+            f"Redis is required for this test and is not reachable at {REDIS_URL} ({e})", pytrace=False
+        )
+
+
+@pytest.fixture
+def scratch_db(pg_admin):  # type: ignore[no-untyped-def]
+    name = f"flame_celery_{uuid.uuid4().hex[:10]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    load_models().create_all(engine)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        with pg_admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_celery_worker_runs_stage_and_moves_active(scratch_db, tmp_path, icu, pretrained):  # type: ignore[no-untyped-def]
+    _require_redis()
+    url, engine = scratch_db
+    factory, store = make_session_factory(engine), LocalArtifactStore(tmp_path / "artifacts")
+    components, tasks, modalities = pretrained["records"]
+    with factory.begin() as s:
+        registry.register_version(
+            session=s,
+            store=store,
+            parent=None,
+            files=pretrained["files"],
+            moved_by="test",
+            components=components,
+            tasks=tasks,
+            modalities=modalities,
+        )
+        ids = {}
+        for split in ("train", "val"):
+            samples = only_labels(icu.splits[split], ["los"])
+            data = "\n".join(json.dumps(x) for x in samples).encode()
+            ids[split] = registry.create_dataset(
+                session=s, store=store, name=split, content=data, n_samples=len(samples)
+            ).id
+        request = {
+            "tasks": [LOS],
+            "datasets": {"train": ids["train"], "validation": ids["val"]},
+            "options": {"epochs": 1, "seed": 0},
+        }
+        job_id = registry.create_job(session=s, kind="stage", request=request, parent_version="v1").id
+
+    env = {
+        **os.environ,
+        "FLAME_REDIS_URL": REDIS_URL,
+        "FLAME_DATABASE_URL": url,
+        "FLAME_ARTIFACT_ROOT": str(store.root),
+        "FLAME_DEVICE": "cpu",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "service.jobs.celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "-c",
+            "1",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"test-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        settings = Settings(redis_url=REDIS_URL, database_url=url, artifact_root=store.root)
+        assert enqueue(job_id, settings=settings) is not None  # an AsyncResult: it went to the broker
+        deadline, state = time.monotonic() + 120, "queued"
+        while time.monotonic() < deadline and state not in ("succeeded", "failed"):
+            time.sleep(1)
+            assert worker.poll() is None, "the Celery worker exited early"
+            with factory() as s:
+                job = registry.get_job(session=s, job_id=job_id)
+                state, error = job.state, job.error
+        assert state == "succeeded", f"job is {state} after the wait (error: {error})"
+        with factory() as s:
+            assert registry.resolve_alias(session=s).id == "v2"
+            assert registry.get_job(session=s, job_id=job_id).result_version == "v2"
+            assert registry.get_task(session=s, name="los", version="v2").cursor == 1
+    finally:
+        worker.terminate()
+        try:
+            out, _ = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, _ = worker.communicate()
+        print(out[-4000:])
