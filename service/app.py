@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from service.artifacts import LocalArtifactStore
+from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.inference.host import ModelHost
-from service.datasets.router import router as datasets_router
 from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
