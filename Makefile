@@ -1,8 +1,8 @@
-# Two entry points on a fresh machine: `make demo` (install + run the main job) and `make test`.
+# Two entry points on a fresh machine: `make serve` (install + run the service) and `make test`.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-system demo test lint bench
+.PHONY: install install-system serve demo test lint bench
 
 install:
 	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls CUDA packages.
@@ -14,6 +14,9 @@ install:
 install-system:
 	# docker-compose (Debian's) lets the tests check docker-compose.yml without a Docker engine.
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
+
+serve: install
+	flame serve
 
 demo: install
 	flame train --benchmark synthetic-icu --out runs/demo --epochs 15

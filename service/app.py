@@ -118,6 +118,10 @@ def create_app(settings: Settings | None = None, *, reload_interval_s: float = R
     for router in ROUTERS:
         app.include_router(router)
     # Outermost first: metrics and request id see every response, including 413s.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        dataset_max_bytes=settings.max_dataset_bytes,
+    )
     app.add_middleware(ObservabilityMiddleware)
     return app

@@ -119,17 +119,19 @@ class BodySizeLimitMiddleware:
     """413 for a body over `max_bytes`: at once from Content-Length, else while the body streams in
     (the read raises BodyTooLarge inside the app, where the handler above answers)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, dataset_max_bytes: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.dataset_max = dataset_max_bytes or max_bytes  # dataset uploads are JSONL files, not requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.dataset_max if scope.get("path", "").startswith("/datasets") else self.default_max
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            msg = f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes} bytes"
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            msg = f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes"
             response = JSONResponse(error_body(BodyTooLarge.code, msg, "body"), status_code=413)
             await response(scope, receive, send)
             return
@@ -140,10 +142,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(
-                        f"request body exceeds the limit of {self.max_bytes} bytes", field="body"
-                    )
+                if seen > limit:
+                    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes", field="body")
             return message
 
         await self.app(scope, limited_receive, send)
