@@ -26,7 +26,7 @@ from flame_core.batch import Batch
 from flame_core.components import LowRank, choose_rank, truncate
 from flame_core.config import FlameConfig
 from flame_core.experts import Expert
-from flame_core.model import Flame, FlameOutput
+from flame_core.model import Flame, FlameOutput, merge_outputs
 from flame_core.specs import SpecSet
 
 
@@ -315,17 +315,4 @@ class ContinualFlame(nn.Module):
                 model = self.cursor_model(c)
                 model.train(self.training)
                 outs.append(model(batch, group))
-        if len(outs) == 1:
-            return outs[0]
-        merged = FlameOutput(
-            {}, outs[0].aux_loss * 0, outs[0].balance_loss * 0, outs[0].interaction_loss * 0, {}
-        )
-        for o in outs:
-            merged.outputs.update(o.outputs)
-            merged.routing.update(o.routing)
-            merged = merged._replace(
-                aux_loss=merged.aux_loss + o.aux_loss,
-                balance_loss=merged.balance_loss + o.balance_loss,
-                interaction_loss=merged.interaction_loss + o.interaction_loss,
-            )
-        return merged
+        return merge_outputs(outs)

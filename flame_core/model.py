@@ -205,6 +205,22 @@ class Flame(nn.Module):
         return FlameOutput(outputs, aux, balance, inter, routing)
 
 
+def merge_outputs(outs: Sequence[FlameOutput]) -> FlameOutput:
+    """One output for several cursor passes: outputs and routing united, aux losses summed."""
+    if len(outs) == 1:
+        return outs[0]
+    merged = FlameOutput({}, outs[0].aux_loss * 0, outs[0].balance_loss * 0, outs[0].interaction_loss * 0, {})
+    for o in outs:
+        merged.outputs.update(o.outputs)
+        merged.routing.update(o.routing)
+        merged = merged._replace(
+            aux_loss=merged.aux_loss + o.aux_loss,
+            balance_loss=merged.balance_loss + o.balance_loss,
+            interaction_loss=merged.interaction_loss + o.interaction_loss,
+        )
+    return merged
+
+
 def build_flame(config: FlameConfig, specs: SpecSet) -> Flame:
     """The FLAME model for `specs`: one encoder and router per modality, one head per task."""
     if not specs.tasks:

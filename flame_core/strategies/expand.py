@@ -21,26 +21,10 @@ from torch import nn
 
 from flame_core.batch import Batch
 from flame_core.experts import Expert, MoELayer
-from flame_core.model import Flame, FlameBlock, FlameOutput
+from flame_core.model import Flame, FlameBlock, FlameOutput, merge_outputs
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
 from flame_core.strategies.base import Strategy, numel
-
-
-def merge_outputs(outs: Sequence[FlameOutput]) -> FlameOutput:
-    """One output for several cursor passes: outputs and routing united, aux losses summed."""
-    if len(outs) == 1:
-        return outs[0]
-    merged = FlameOutput({}, outs[0].aux_loss * 0, outs[0].balance_loss * 0, outs[0].interaction_loss * 0, {})
-    for o in outs:
-        merged.outputs.update(o.outputs)
-        merged.routing.update(o.routing)
-        merged = merged._replace(
-            aux_loss=merged.aux_loss + o.aux_loss,
-            balance_loss=merged.balance_loss + o.balance_loss,
-            interaction_loss=merged.interaction_loss + o.interaction_loss,
-        )
-    return merged
 
 
 def _block_view(block: FlameBlock, routers: dict[str, Router], experts: Sequence[Expert]) -> FlameBlock:
