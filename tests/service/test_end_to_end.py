@@ -1,14 +1,23 @@
-"""The whole product on its embedded defaults (SQLite registry, local artifacts, in-process queue):
-predict -> upload a dataset -> POST /tasks -> the stage trains -> the new task answers, `active`
-moved, and every earlier prediction on fixed payloads is byte-identical to before the stage."""
+"""The whole product, twice: on its embedded defaults (SQLite registry, in-process queue) and on the
+production stack (the real PostgreSQL, the real Redis broker, a real Celery worker process that gets
+only environment variables). predict -> upload a dataset -> POST /tasks -> the stage trains -> the new
+task answers, `active` moved, and every earlier prediction on fixed payloads is byte-identical."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from flame_core.benchmarks.synthetic_icu import generate
 from flame_core.config import FlameConfig
@@ -25,6 +34,9 @@ from service.settings import Settings
 TINY = FlameConfig(
     d_model=16, n_experts=4, top_k=2, expert_hidden=32, ts_ref_points=4, n_heads=2, text_buckets=64
 )
+REDIS_URL = os.environ.get("FLAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+PG_URL = os.environ.get("FLAME_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parents[2]
 LOS = {"name": "los", "modalities": ["vitals", "labs", "notes"], "head": {"type": "binary"}}
 
 
@@ -32,15 +44,56 @@ def labels_only(samples: list[dict], task: str) -> list[dict]:
     return [{**s, "labels": {task: s["labels"][task]}} for s in samples if s["labels"].get(task) is not None]
 
 
-@pytest.fixture(scope="module")
-def product(tmp_path_factory):
+def start_worker(settings: Settings) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "FLAME_REDIS_URL": REDIS_URL,
+        "FLAME_DATABASE_URL": settings.database_url,
+        "FLAME_ARTIFACT_ROOT": str(settings.artifact_root),
+        "FLAME_DEVICE": "cpu",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "service.jobs.celery_app",
+        "worker",
+        "--pool",
+        "solo",
+        "-c",
+        "1",
+        "-n",
+        f"e2e-{uuid.uuid4().hex[:6]}@%h",
+        "--loglevel",
+        "WARNING",
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module", params=["embedded", "production"])
+def product(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
+    scratch, worker, admin = None, None, None
+    if request.param == "embedded":
+        url, redis_url = f"sqlite:///{root / 'registry.db'}", None
+    else:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()  # fails (never skips) without Redis
+        admin = make_engine(PG_URL).execution_options(isolation_level="AUTOCOMMIT")
+        scratch = f"flame_e2e_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{scratch}"'))
+        url, redis_url = (
+            make_url(PG_URL).set(database=scratch).render_as_string(hide_password=False),
+            REDIS_URL,
+        )
     settings = Settings(
-        database_url=f"sqlite:///{root / 'registry.db'}",
+        database_url=url,
         artifact_root=root / "artifacts",
         auth_enabled=True,
         device="cpu",
-        redis_url=None,
+        redis_url=redis_url,
     )
     engine = make_engine(settings.database_url)
     load_models().create_all(engine)
@@ -63,9 +116,20 @@ def product(tmp_path_factory):
     with session_scope(factory) as s:
         _, predict_key = create_api_key(session=s, name="clinic", scopes=["predict"])
         _, admin_key = create_api_key(session=s, name="ops", scopes=["admin"])
+    if redis_url is not None:
+        worker = start_worker(settings)
     app = create_app(settings, reload_interval_s=3600)
-    with TestClient(app) as client:
-        yield client, app, icu, {"predict": predict_key, "admin": admin_key}
+    try:
+        with TestClient(app) as client:
+            yield client, app, icu, {"predict": predict_key, "admin": admin_key}
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        engine.dispose()
+        if scratch is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
 
 
 def auth(token: str) -> dict[str, str]:
