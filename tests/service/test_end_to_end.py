@@ -188,3 +188,19 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     after = client.post("/predict/mortality", json={"instances": payloads}, headers=auth(keys["predict"]))
     assert after.json()["model_version"] == "v2"
     assert json.dumps(after.json()["predictions"]) == json.dumps(before.json()["predictions"])
+
+
+def test_rollback_serves_the_older_version(product):
+    client, app, icu, keys = product
+    payloads = [{"modalities": s["modalities"]} for s in icu.splits["test"][:3]]
+    newer = client.post("/predict/mortality", json={"instances": payloads}, headers=auth(keys["predict"]))
+    assert newer.json()["model_version"] == "v2"
+    r = client.post("/models/v1/activate", json={"reason": "rollback drill"}, headers=auth(keys["admin"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == "v1" and r.json()["previous"] == "v2"
+    app.state.host.reload_if_changed()
+    older = client.post("/predict/mortality", json={"instances": payloads}, headers=auth(keys["predict"]))
+    assert older.json()["model_version"] == "v1"
+    assert json.dumps(older.json()["predictions"]) == json.dumps(newer.json()["predictions"])
+    gone = client.post("/predict/los", json={"instances": payloads}, headers=auth(keys["predict"]))
+    assert gone.status_code == 404 and "los" in gone.json()["error"]["message"]
