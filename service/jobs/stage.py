@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from service.datasets.service import DatasetInvalid, read_dataset, validate_line
 from service.db import session_scope
 from service.jobs.schemas import StageRequest
 from service.jobs.specs import stage_specs
+from service.observability import JOB_DURATION, JOBS
 from service.registry import service as registry
 from service.registry.errors import Conflict
 from service.settings import Settings
@@ -133,6 +135,8 @@ def run_stage(
             return None
         registry.mark_running(session=session, job_id=job_id)
         raw_request, parent_id = dict(job.request), job.parent_version
+    JOBS.labels("running").inc()
+    started = time.perf_counter()
     try:
         request = StageRequest.model_validate(raw_request)
         if parent_id is None:
@@ -159,10 +163,14 @@ def run_stage(
             registry.mark_succeeded(
                 session=session, job_id=job_id, result_version=version.id, metrics={**summary, "stage": index}
             )
+        JOBS.labels("succeeded").inc()
+        JOB_DURATION.labels("succeeded").observe(time.perf_counter() - started)
         return version.id
     except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
         log.exception("job %s failed", job_id)
         message = f"{type(e).__name__}: {e}"
+        JOBS.labels("failed").inc()
+        JOB_DURATION.labels("failed").observe(time.perf_counter() - started)
         try:
             with session_scope(session_factory) as session:
                 registry.mark_failed(session=session, job_id=job_id, error=message)
