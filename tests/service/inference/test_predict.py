@@ -128,8 +128,23 @@ def test_instances_match_single_predictions(env):
         (lambda s: s["modalities"]["vitals"]["times"].__setitem__(1, -5.0), "modalities.vitals.times[1]"),
         (lambda s: s["modalities"].__setitem__("ecg", {"values": [1.0]}), "modalities.ecg"),
         (lambda s: s["modalities"].clear(), "modalities"),
+        (
+            lambda s: s["modalities"].__setitem__(
+                "vitals", {"times": [float(t) for t in range(65)], "values": [[0.0] * 6] * 65}
+            ),
+            "modalities.vitals.values",
+        ),
+        (lambda s: s["modalities"].__setitem__("notes", {"text": "fever " * 400}), "modalities.notes.text"),
     ],
-    ids=["nan", "wrong-dim", "decreasing-times", "unknown-modality", "empty-modalities"],
+    ids=[
+        "nan",
+        "wrong-dim",
+        "decreasing-times",
+        "unknown-modality",
+        "empty-modalities",
+        "long-sequence",
+        "long-text",
+    ],
 )
 def test_invalid_payloads_name_the_field(env, mutate, field):
     s = sample(env, 0)
