@@ -8,6 +8,7 @@ text -> hashed bag of words folded into `text_buckets` counts. An absent modalit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,8 @@ def _timeseries(spec: ModalitySpec, payload: dict | None) -> np.ndarray:
     v = np.array([[np.nan if x is None else x for x in row] for row in payload["values"]], dtype=float)
     obs = ~np.isnan(v)
     count = obs.sum(0)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-missing channels give NaN, by design
         out[:d] = np.nanmean(np.where(obs, v, np.nan), 0) if len(v) else np.nan
         last = np.full(d, np.nan)
         for j in range(d):
