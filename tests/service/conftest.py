@@ -7,8 +7,12 @@ postgres). If it cannot be reached the tests FAIL: a registry tested on SQLite a
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -86,3 +90,34 @@ def session(session_factory) -> Iterator[Session]:  # type: ignore[no-untyped-de
 @pytest.fixture
 def store(tmp_path) -> LocalArtifactStore:  # type: ignore[no-untyped-def]
     return LocalArtifactStore(tmp_path / "artifacts")
+
+
+def start_celery_worker(
+    *, redis_url: str, database_url: str, artifact_root: str, **popen: Any
+) -> subprocess.Popen:
+    """A real Celery worker process (solo pool) that, as in deployment, gets only the environment."""
+    env = {
+        **os.environ,
+        "FLAME_REDIS_URL": redis_url,
+        "FLAME_DATABASE_URL": database_url,
+        "FLAME_ARTIFACT_ROOT": artifact_root,
+        "FLAME_DEVICE": "cpu",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "service.jobs.celery_app",
+        "worker",
+        "--pool",
+        "solo",
+        "-c",
+        "1",
+        "--loglevel",
+        "INFO",
+        "-n",
+        f"test-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=env, **popen)

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -31,45 +29,17 @@ from service.cli.serve import register_model
 from service.db import load_models, make_engine, make_session_factory, session_scope
 from service.settings import Settings
 
+from .conftest import PG_URL, start_celery_worker
+
 TINY = FlameConfig(
     d_model=16, n_experts=4, top_k=2, expert_hidden=32, ts_ref_points=4, n_heads=2, text_buckets=64
 )
 REDIS_URL = os.environ.get("FLAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
-PG_URL = os.environ.get("FLAME_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-ROOT = Path(__file__).resolve().parents[2]
 LOS = {"name": "los", "modalities": ["vitals", "labs", "notes"], "head": {"type": "binary"}}
 
 
 def labels_only(samples: list[dict], task: str) -> list[dict]:
     return [{**s, "labels": {task: s["labels"][task]}} for s in samples if s["labels"].get(task) is not None]
-
-
-def start_worker(settings: Settings) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "FLAME_REDIS_URL": REDIS_URL,
-        "FLAME_DATABASE_URL": settings.database_url,
-        "FLAME_ARTIFACT_ROOT": str(settings.artifact_root),
-        "FLAME_DEVICE": "cpu",
-        "OMP_WAIT_POLICY": "PASSIVE",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "service.jobs.celery_app",
-        "worker",
-        "--pool",
-        "solo",
-        "-c",
-        "1",
-        "-n",
-        f"e2e-{uuid.uuid4().hex[:6]}@%h",
-        "--loglevel",
-        "WARNING",
-    ]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module", params=["embedded", "production"])
@@ -117,7 +87,13 @@ def product(request, tmp_path_factory):
         _, predict_key = create_api_key(session=s, name="clinic", scopes=["predict"])
         _, admin_key = create_api_key(session=s, name="ops", scopes=["admin"])
     if redis_url is not None:
-        worker = start_worker(settings)
+        worker = start_celery_worker(
+            redis_url=REDIS_URL,
+            database_url=url,
+            artifact_root=str(settings.artifact_root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     app = create_app(settings, reload_interval_s=3600)
     try:
         with TestClient(app) as client:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,11 +23,10 @@ from service.jobs.queue import enqueue
 from service.registry import service as registry
 from service.settings import Settings
 
-from ..conftest import PG_URL
+from ..conftest import PG_URL, start_celery_worker
 from .conftest import LOS, only_labels
 
 REDIS_URL = os.environ.get("FLAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def _require_redis() -> None:
@@ -87,33 +84,10 @@ def test_celery_worker_runs_stage_and_moves_active(scratch_db, tmp_path, icu, pr
         }
         job_id = registry.create_job(session=s, kind="stage", request=request, parent_version="v1").id
 
-    env = {
-        **os.environ,
-        "FLAME_REDIS_URL": REDIS_URL,
-        "FLAME_DATABASE_URL": url,
-        "FLAME_ARTIFACT_ROOT": str(store.root),
-        "FLAME_DEVICE": "cpu",
-        "OMP_WAIT_POLICY": "PASSIVE",
-    }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "service.jobs.celery_app",
-            "worker",
-            "--pool",
-            "solo",
-            "-c",
-            "1",
-            "--loglevel",
-            "INFO",
-            "-n",
-            f"test-{uuid.uuid4().hex[:6]}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
+    worker = start_celery_worker(
+        redis_url=REDIS_URL,
+        database_url=url,
+        artifact_root=str(store.root),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
