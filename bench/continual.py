@@ -3,9 +3,10 @@
     python bench/continual.py --out bench/results
 
 Per stream: final average score, BWT, forgetting (max-based), stored parameters per stage, wall
-time; for `flame`, the new tasks' scores before and after truncation. Stage 0 (multitask FLAME on
-the first stage) is trained once per stream and shared by every strategy. Writes continual.md,
-matrices (JSON) and PNG plots under --out.
+time; for `flame`, the new tasks' scores before truncation, right after it and after the refit.
+Stage 0 (multitask FLAME on the first stage) is trained once per stream and shared by every
+strategy. Writes continual_<stream>.md/.json, PNG plots and continual_latency.md under --out;
+`bench/continual_report.py` assembles them into continual.md.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ STREAMS = {
 }
 
 
-def strategy_options(name: str, rank: str, energy: float) -> dict:
+def strategy_options(name: str, args) -> dict:  # type: ignore[no-untyped-def]
     if name == "flame":
-        return {"rank": rank if rank == "auto" else int(rank), "energy": energy}
+        rank = args.rank if args.rank == "auto" else int(args.rank)
+        return {"rank": rank, "energy": args.energy, "refit_epochs": args.refit_epochs}
     if name == "lora":
         return {"rank": 32}
     return {}
@@ -72,13 +74,15 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
     rows, dumps = [], []
     for name in strategies:
         t0 = time.perf_counter()
-        strategy = build_strategy(name, **strategy_options(name, args.rank, args.energy))
+        strategy = build_strategy(name, **strategy_options(name, args))
         res = run_stream(strategy, data, stages, train_config=cfg, pretrained=pretrained)
         if name == "flame" and key == args.plot_stream:
             plot_flame(strategy.module, data, key, results_dir)
         wall = time.perf_counter() - t0 + pretrain_s
         s = res.summary()
-        drop = [res.before_end[i][t] - res.matrix[i][t] for i in range(1, len(stages)) for t in stages[i]]
+        later = [(i, t) for i in range(1, len(stages)) for t in stages[i]]
+        drop = [res.before_end[i][t] - res.matrix[i][t] for i, t in later]
+        cut = [res.before_end[i][t] - res.at_truncation[i][t] for i, t in later]
         per_stage = ", ".join(f"{p / 1e3:.1f}k" for p in res.stage_params[1:])
         rows.append(
             [
@@ -89,6 +93,7 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
                 s["max_forgetting"],
                 per_stage,
                 f"{res.serving_params[-1] / 1e3:.0f}k",
+                max(cut) if cut else 0.0,
                 max(drop) if drop else 0.0,
                 f"{wall:.0f}",
             ]
@@ -107,7 +112,8 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
         "max forgetting",
         "params per later stage",
         "params to serve all",
-        "max drop from truncation",
+        "max drop at truncation",
+        "max drop, final (after refit)",
         "wall s",
     ]
     from flame_core.plots import plot_trajectories
@@ -129,7 +135,6 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
             for i, m in enumerate(d["matrix"])
         ]
         lines += [markdown_table(["", *tasks], mrows), ""]
-    lines += [f"![trajectories](trajectories_{key}.png)", ""]
     lines += [f"![trajectories](trajectories_{key}.png)", ""]
     return "\n".join(lines), dumps
 
@@ -215,6 +220,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="synthetic-icu patients")
     ap.add_argument("--rank", default="auto")
     ap.add_argument("--energy", type=float, default=0.99)
+    ap.add_argument("--refit-epochs", type=int, default=3, help="flame: refit after truncation")
+    ap.add_argument("--no-latency", action="store_true", help="skip the cursor-latency measurement")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plot-stream", default="icu-new-modality", help="stream whose FLAME model is analysed")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -222,13 +229,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     strategies = args.strategies.split(",")
-    sections = []
-    for key in args.streams.split(","):
+    for key in filter(None, args.streams.split(",")):
         print(f"stream {key} ...", flush=True)
         text, _ = run_one_stream(key, strategies, args, args.out)
-        sections.append(text)
         (args.out / f"continual_{key}.md").write_text(text)
-    print(latency_table(), flush=True)
+    if not args.no_latency:
+        table = latency_table()
+        print(table, flush=True)
+        (args.out / "continual_latency.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

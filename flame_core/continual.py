@@ -157,11 +157,50 @@ class ContinualFlame(nn.Module):
             for name, p in self.model.named_parameters():
                 if kind_of(name) == "router" and name.split(".")[3] == m:
                     self.live_routers[_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
-        trainable += [*self.live_deltas.values(), *self.live_b.values(), *self.live_a.values()]
-        trainable += list(self.live_routers.values())
         for x in new_tasks:
             self.cursor[x] = t
-        return trainable
+        return self.stage_parameters()
+
+    def stage_parameters(self) -> list[nn.Parameter]:
+        """Everything the open stage may train: its new modules, live deltas (full or factored) and
+        router heads. Nothing older is ever in this list."""
+        if self._live is None:
+            raise RuntimeError("no stage is open")
+        t = self._live.index
+        born = [p for n, p in self.model.named_parameters() if self.birth[n] == t]
+        live = (self.live_deltas, self.live_b, self.live_a, self.live_routers)
+        return born + [p for d in live for p in d.values()]
+
+    def compress(
+        self,
+        rank: int | str = "auto",
+        energy: float = 0.99,
+        second_moments: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, int]:
+        """Truncate the open stage's full matrix deltas to live rank-r factors `B A` (data-aware when
+        `second_moments` has the weight's routed-input second moment) and check the rank budget. The
+        factors stay trainable, so the stage can refit them (with its heads and routers) to the loss
+        before `end_stage` freezes them; the stored rank never grows. Returns the chosen ranks."""
+        if self._live is None:
+            raise RuntimeError("no stage is open")
+        moments, factored = second_moments or {}, {}
+        for key, p in self.live_deltas.items():
+            if p.dim() < 2:
+                continue  # vectors keep full deltas
+            name = key.replace("__", ".")
+            c = moments.get(name)
+            r = choose_rank(p.detach(), rank, energy, c)
+            factored[key] = truncate(p.detach(), r, c) if r > 0 else None
+        self._check_budget(
+            {k.replace("__", "."): lr for k, lr in factored.items() if lr is not None}
+            | {k.replace("__", "."): LowRank(b, self.live_a[k], ()) for k, b in self.live_b.items()}
+        )
+        for key, lr in factored.items():
+            del self.live_deltas[key]
+            if lr is not None:
+                self.live_b[key] = nn.Parameter(lr.b.clone())
+                self.live_a[key] = nn.Parameter(lr.a.clone())
+        return {k.replace("__", "."): b.shape[1] for k, b in self.live_b.items()}
 
     def end_stage(
         self,
@@ -169,28 +208,20 @@ class ContinualFlame(nn.Module):
         energy: float = 0.99,
         second_moments: dict[str, torch.Tensor] | None = None,
     ) -> Stage:
-        """Truncate the stage's matrix deltas (data-aware when `second_moments` has the weight's routed-
-        input second moment), check the rank budget, then freeze everything the stage trained."""
+        """Compress the stage's remaining full matrix deltas (see `compress`; a no-op after it), then
+        freeze everything the stage trained and record it as a finished stage."""
         if self._live is None:
             raise RuntimeError("no stage is open")
-        stage, moments = self._live, second_moments or {}
+        self.compress(rank, energy, second_moments)
+        stage = self._live
         deltas: dict[str, LowRank | torch.Tensor] = {}
-        for key, p in self.live_deltas.items():
-            name = key.replace("__", ".")
-            d = p.detach()
-            if d.dim() < 2:
-                if torch.count_nonzero(d):
-                    deltas[name] = d.clone()
-                continue
-            c = moments.get(name)
-            r = choose_rank(d, rank, energy, c)
-            if r > 0:
-                deltas[name] = truncate(d, r, c)
+        for key, p in self.live_deltas.items():  # vectors only, after compress
+            if torch.count_nonzero(p):
+                deltas[key.replace("__", ".")] = p.detach().clone()
+        shapes = {_key(n): tuple(p.shape) for n, p in self.model.named_parameters()}
         for key, b in self.live_b.items():
-            name = key.replace("__", ".")
-            shape = tuple(dict(self.model.named_parameters())[name].shape)
-            deltas[name] = LowRank(b.detach().clone(), self.live_a[key].detach().clone(), shape)
-        self._check_budget(deltas)
+            a = self.live_a[key]
+            deltas[key.replace("__", ".")] = LowRank(b.detach().clone(), a.detach().clone(), shapes[key])
         stage.deltas = deltas
         stage.routers = {k.replace("__", "."): p.detach().clone() for k, p in self.live_routers.items()}
         for name, p in self.model.named_parameters():

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ class StreamResult:
     serving_params: list[int]
     seconds: list[float]
     info: list[dict[str, Any]] = field(default_factory=list)
+    at_truncation: list[dict[str, float]] = field(default_factory=list)  # after compress, before refit
 
     def summary(self) -> dict[str, float]:
         """Final average over all tasks; BWT and max-based forgetting over tasks before the last stage."""
@@ -112,6 +113,7 @@ def run_stream(
                 hook(collate(train_s, specs, tasks=tasks, tokenizer=model_config.tokenizer()), tasks)
             info: dict[str, Any] = {}
             result.before_end.append({})
+            result.at_truncation.append({})
             stage_params = serving = sum(p.numel() for p in model.parameters())
         else:
             params = strategy.begin_stage(specs)
@@ -128,6 +130,19 @@ def run_stream(
             )
             result.before_end.append(score_tasks(module, all_specs, test_s, tasks, metric))
             batch = collate(train_s, all_specs, tasks=tasks, tokenizer=model_config.tokenizer())
+            refit = strategy.compress(batch, tasks)
+            result.at_truncation.append(score_tasks(module, all_specs, test_s, tasks, metric))
+            if refit and strategy.refit_epochs > 0:
+                train(
+                    module,
+                    all_specs,
+                    train_s,
+                    val_s,
+                    replace(train_config, epochs=strategy.refit_epochs),
+                    tasks=tasks,
+                    parameters=refit,
+                    keep_initial=True,
+                )
             info = strategy.end_stage(batch, tasks)
             stage_params, serving = strategy.stage_parameters(), strategy.serving_parameters()
         seen += tasks

@@ -149,11 +149,13 @@ def train(
     parameters: Sequence[torch.nn.Parameter] | None = None,
     penalty: Callable[[], torch.Tensor | None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    keep_initial: bool = False,
 ) -> TrainResult:
     """Train `model` on all `tasks` jointly; keep the weights of the best validation epoch.
 
     `parameters` restricts the optimizer (continual stages pass only their own components);
-    `penalty()` is added to every step's loss (EWC).
+    `penalty()` is added to every step's loss (EWC). With `keep_initial` the starting weights are
+    scored as epoch 0 and kept unless an epoch beats them (refitting must never make things worse).
     """
     tasks = list(tasks) if tasks is not None else labelled_tasks(train_samples, specs)
     if not tasks:
@@ -176,6 +178,9 @@ def train(
     best = float("-inf")
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, best_metrics, stale = 0, {}, 0
+    if keep_initial:
+        best_metrics = evaluate_batch(model, val_batch, specs, tasks)
+        best = score(best_metrics, specs)
     history: list[dict[str, Any]] = []
     start, seen, step_seconds = time.perf_counter(), 0, 0.0
     bar = tqdm(range(1, config.epochs + 1), desc="train", disable=not config.progress, leave=False)

@@ -2,7 +2,9 @@
 
 The loop (`flame_core.stream.run_stream`) pretrains stage 0 as multitask FLAME, then for every
 later stage: `begin_stage` -> train the returned parameters on the stage's tasks (loss + `penalty`)
--> `end_stage` -> evaluate every task seen so far through `module`.
+-> `compress` (FLAME's truncation; if it returns parameters and `refit_epochs` > 0, they are refit
+for that many epochs, keeping the truncated weights unless validation improves) -> `end_stage` ->
+evaluate every task seen so far through `module`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class Strategy:
     def penalty(self) -> torch.Tensor | None:
         """Extra loss term while training a stage (EWC); None for none."""
         return None
+
+    @property
+    def refit_epochs(self) -> int:
+        return int(self.options.get("refit_epochs", 0))
+
+    def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter]:
+        """Shrink what the stage trained (FLAME: truncate to rank r); return the parameters that may be
+        refit afterwards ([] for none)."""
+        return []
 
     def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
         """Called after training; returns facts worth reporting (ranks, pre-truncation scores, ...)."""

@@ -16,7 +16,8 @@ from flame_core.strategies.base import Strategy, numel
 
 
 class FlameStrategy(Strategy):
-    """Options: rank (int or "auto"), energy (target share for "auto"), rank_budget."""
+    """Options: rank (int or "auto"), energy (target share for "auto"), rank_budget, refit_epochs
+    (epochs refitting the truncated factors, router and task heads of the stage; default 3)."""
 
     name = "flame"
 
@@ -32,14 +33,21 @@ class FlameStrategy(Strategy):
         self._stage_extra = numel(p for p in params if id(p) not in own)  # new heads and encoders
         return params
 
-    def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
+    @property
+    def refit_epochs(self) -> int:
+        return int(self.options.get("refit_epochs", 3))
+
+    def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter]:
         moments, _ = routed_second_moments(self.cl, self.cl.model, train_batch, tasks)
-        stage = self.cl.end_stage(
+        self.cl.compress(
             rank=self.options.get("rank", "auto"),
             energy=self.options.get("energy", 0.99),
             second_moments=moments,
         )
-        ranks = stage.ranks
+        return self.cl.stage_parameters()
+
+    def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
+        ranks = self.cl.end_stage().ranks
         return {
             "ranks": ranks,
             "mean_rank": sum(ranks.values()) / max(len(ranks), 1),

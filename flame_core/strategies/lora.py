@@ -28,6 +28,9 @@ class LoraStrategy(FlameStrategy):
         self._stage_extra = sum(p.numel() for p in params if id(p) not in own)
         return params
 
+    def compress(self, train_batch, tasks):  # type: ignore[no-untyped-def]
+        return []  # adapters are trained at their rank; nothing to truncate
+
     def end_stage(self, train_batch, tasks):  # type: ignore[no-untyped-def]
         stage = self.cl.end_stage(rank=0)
         return {"ranks": stage.ranks, "mean_rank": float(self.cl.adapter_rank or 0)}

@@ -27,6 +27,9 @@ def continual_command(
     rank: Annotated[str, typer.Option(help="flame: an int or 'auto'; lora: the adapter rank")] = "auto",
     energy: Annotated[float, typer.Option(help="flame --rank auto: share of functional energy kept")] = 0.99,
     rank_budget: Annotated[int | None, typer.Option(help="flame: cumulative rank allowed per weight")] = None,
+    refit_epochs: Annotated[
+        int, typer.Option(help="flame: epochs refitting the truncated factors and heads (0: none)")
+    ] = 3,
     epochs: int = 20,
     batch_size: int = 64,
     lr: float = 2e-3,
@@ -51,7 +54,12 @@ def continual_command(
         stages = parse_stream(stream)
         options: dict = {}
         if strategy == "flame":
-            options.update(rank=rank if rank == "auto" else int(rank), energy=energy, rank_budget=rank_budget)
+            options.update(
+                rank=rank if rank == "auto" else int(rank),
+                energy=energy,
+                rank_budget=rank_budget,
+                refit_epochs=refit_epochs,
+            )
         if strategy == "lora":
             options["rank"] = 32 if rank == "auto" else int(rank)
         strat = build_strategy(strategy, **options)

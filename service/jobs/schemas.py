@@ -22,6 +22,7 @@ class StageOptions(BaseModel):
     epochs: int = Field(default=10, ge=1, le=1000)
     rank: int | Literal["auto"] = "auto"
     energy: float = Field(default=0.99, gt=0.0, le=1.0)
+    refit_epochs: int = Field(default=3, ge=0, le=100)  # refit the truncated factors and heads
     seed: int = Field(default=0, ge=0)
     activate: bool = True
     batch_size: int = Field(default=64, ge=1, le=4096)

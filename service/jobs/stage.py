@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -106,7 +107,21 @@ def _train_stage(
     _progress(session_factory, job_id, phase="truncating")
     batch = collate(train_s, cl.specs, tasks=tasks, tokenizer=cl.config.tokenizer())
     moments, _ = routed_second_moments(cl, cl.model, batch, tasks)
-    stage = cl.end_stage(rank=opts.rank, energy=opts.energy, second_moments=moments)
+    cl.compress(rank=opts.rank, energy=opts.energy, second_moments=moments)
+    if opts.refit_epochs:
+        _progress(session_factory, job_id, phase="refitting")
+        refit = replace(config, epochs=opts.refit_epochs)
+        train(
+            cl,
+            cl.specs,
+            train_s,
+            val_s,
+            refit,
+            tasks=tasks,
+            parameters=cl.stage_parameters(),
+            keep_initial=True,
+        )
+    stage = cl.end_stage()
     cl.to("cpu").eval()
     # Reported numbers are after truncation, one task per pass (as the service predicts).
     with torch.no_grad():

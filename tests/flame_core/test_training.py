@@ -6,7 +6,7 @@ from flame_core.checkpoint import load_checkpoint, save_checkpoint
 from flame_core.collate import collate
 from flame_core.config import FlameConfig
 from flame_core.specs import SpecSet
-from flame_core.training import TrainConfig, evaluate, fit, labelled_tasks, predict_batch
+from flame_core.training import TrainConfig, evaluate, fit, labelled_tasks, predict_batch, score, train
 
 SPEC = SpecSet.from_dict(
     {
@@ -92,3 +92,15 @@ def test_train_config_rejects_bad_values():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=0)
+
+
+def test_keep_initial_keeps_the_starting_weights_when_no_epoch_beats_them(trained):
+    model, _, val = trained
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    base = evaluate(model, SPEC, val)
+    # A learning rate this large wrecks the model in one epoch; the starting weights must survive.
+    bad = TrainConfig(epochs=1, batch_size=32, lr=50.0, progress=False, device="cpu")
+    result = train(model, SPEC, make_samples(240, 0), val, bad, keep_initial=True)
+    assert result.best_epoch == 0
+    assert result.history[0]["val_score"] < score(base, SPEC)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
