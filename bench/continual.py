@@ -39,7 +39,7 @@ STREAMS = {
     "icu-new-modality": (
         "synthetic-icu",
         "los;acuity;phenotype;readmission",
-        "new modality combinations; the cxr modality first appears at stage 2",
+        "a new modality mid-stream (cxr, first used by acuity at stage 1), then new combinations",
     ),
     "icu-multitask-stages": (
         "synthetic-icu",

@@ -45,12 +45,14 @@ def sweep(key: str, energies: list[float], refits: list[int], args) -> str:  # t
     train(pretrained, first, data.splits["train"], data.splits["val"], cfg, tasks=stages[0])
     lora = run_stream(build_strategy("lora", rank=32), data, stages, train_config=cfg, pretrained=pretrained)
     lora_params = lora.summary()["stage_params_mean"]
+    lora_stages = lora.stage_params[1:]
     rows = [
         [
             "lora r=32",
             "-",
             "-",
             f"{lora_params / 1e3:.1f}k",
+            1.0,
             1.0,
             0.0,
             0.0,
@@ -72,6 +74,7 @@ def sweep(key: str, energies: list[float], refits: list[int], args) -> str:  # t
                     refit,
                     f"{s['stage_params_mean'] / 1e3:.1f}k",
                     s["stage_params_mean"] / lora_params,
+                    max(f / lo for f, lo in zip(res.stage_params[1:], lora_stages, strict=True)),
                     drops(res, res.at_truncation),
                     drops(res, res.matrix),
                     s["final_average"],
@@ -88,6 +91,7 @@ def sweep(key: str, energies: list[float], refits: list[int], args) -> str:  # t
         "refit epochs",
         "params per later stage (mean)",
         "ratio to lora",
+        "(worst stage)",
         "max drop at truncation",
         "max drop after refit",
         "final avg",

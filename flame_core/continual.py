@@ -3,7 +3,8 @@
 Stage 0 is the multitask-pretrained `Flame`. Each later stage t trains, on the frozen model:
 - a zero-initialised full-shape delta for every "stacked" parameter that existed before t (experts,
   attention, norms and encoders of modalities seen before; not `nn.Embedding` lookup tables, which a
-  low-rank delta would store at vocabulary size); matrices are then truncated to rank r;
+  low-rank delta would store at vocabulary size); matrices are then truncated to rank r
+  (`compress`), and the rank-r factors may be refit with the stage's heads before freezing;
 - fresh router heads for every modality of the stage (initialised from the previous heads);
 - heads of the stage's new tasks and every module of its new modalities (trained directly).
 A task introduced at stage c runs with `W_0 + sum_{s<=c} B_s A_s`, stage c's router heads and its
@@ -15,8 +16,7 @@ bit-identical (`torch.equal`) whatever happens later, and after a save/load roun
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,60 +28,9 @@ from flame_core.config import FlameConfig
 from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput, merge_outputs
 from flame_core.specs import SpecSet
+from flame_core.stages import CapacityExceeded, Stage, kind_of, materialise, param_key
 
-
-class CapacityExceeded(ValueError):
-    """A stage would push some weight's cumulative reserved rank past the configured budget."""
-
-
-def kind_of(name: str) -> str:
-    """'head' (per task), 'router' (per stage) or 'stacked' (base + per-stage deltas)."""
-    if name.startswith("heads."):
-        return "head"
-    parts = name.split(".")
-    if parts[0] == "blocks" and len(parts) > 2 and parts[2] == "routers":
-        return "router"
-    return "stacked"
-
-
-def materialise(base: torch.Tensor, deltas: Sequence[LowRank | torch.Tensor]) -> torch.Tensor:
-    """base + sum of deltas in float64 with elementwise ops only (rank-one updates, no matmul), so the
-    result is bit-reproducible on any thread count; rounded to the base's dtype once at the end."""
-    acc = base.detach().double().clone()
-    for delta in deltas:
-        if isinstance(delta, LowRank):
-            mat = acc.view(acc.shape[0], -1)
-            b, a = delta.b.double(), delta.a.double()
-            for i in range(delta.rank):
-                mat += b[:, i : i + 1] * a[i : i + 1, :]
-        else:
-            acc += delta.detach().double()
-    return acc.to(base.dtype)
-
-
-@dataclass
-class Stage:
-    """A finished stage: frozen deltas and router heads, by parameter name."""
-
-    index: int
-    tasks: list[str]
-    modalities: list[str]
-    new_modalities: list[str]
-    deltas: dict[str, LowRank | torch.Tensor] = field(default_factory=dict)
-    routers: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def ranks(self) -> dict[str, int]:
-        return {n: d.rank for n, d in self.deltas.items() if isinstance(d, LowRank)}
-
-    def stored_numel(self) -> int:
-        return sum(d.numel if isinstance(d, LowRank) else d.numel() for d in self.deltas.values()) + sum(
-            r.numel() for r in self.routers.values()
-        )
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
+__all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "kind_of"]
 
 
 class ContinualFlame(nn.Module):
@@ -144,19 +93,21 @@ class ContinualFlame(nn.Module):
                 p.requires_grad_(True)
                 trainable.append(p)
             elif kind_of(name) == "stacked" and self.adapter_rank is None:
-                self.live_deltas[_key(name)] = nn.Parameter(torch.zeros_like(p))
+                self.live_deltas[param_key(name)] = nn.Parameter(torch.zeros_like(p))
             elif kind_of(name) == "stacked" and p.dim() >= 2 and self.adapter_rank is not None:
                 fan_in = p[0].numel()
                 r = min(self.adapter_rank, p.shape[0], fan_in)
-                self.live_b[_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
-                self.live_a[_key(name)] = nn.Parameter(torch.randn(r, fan_in, device=p.device) / fan_in**0.5)
+                self.live_b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
+                self.live_a[param_key(name)] = nn.Parameter(
+                    torch.randn(r, fan_in, device=p.device) / fan_in**0.5
+                )
         prev = self._params(t - 1)
         for m in mods:
             if m in new_mods:
                 continue  # the module's own router, created just now, is this stage's head
             for name, p in self.model.named_parameters():
                 if kind_of(name) == "router" and name.split(".")[3] == m:
-                    self.live_routers[_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
+                    self.live_routers[param_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
         for x in new_tasks:
             self.cursor[x] = t
         return self.stage_parameters()
@@ -218,7 +169,7 @@ class ContinualFlame(nn.Module):
         for key, p in self.live_deltas.items():  # vectors only, after compress
             if torch.count_nonzero(p):
                 deltas[key.replace("__", ".")] = p.detach().clone()
-        shapes = {_key(n): tuple(p.shape) for n, p in self.model.named_parameters()}
+        shapes = {param_key(n): tuple(p.shape) for n, p in self.model.named_parameters()}
         for key, b in self.live_b.items():
             a = self.live_a[key]
             deltas[key.replace("__", ".")] = LowRank(b.detach().clone(), a.detach().clone(), shapes[key])
@@ -242,7 +193,7 @@ class ContinualFlame(nn.Module):
                 total[n] = total.get(n, 0) + r
         return total
 
-    def _check_budget(self, deltas: dict[str, LowRank | torch.Tensor]) -> None:
+    def _check_budget(self, deltas: Mapping[str, LowRank | torch.Tensor]) -> None:
         if self.rank_budget is None:
             return
         reserved = self.reserved_rank()

@@ -49,6 +49,7 @@ class FlameStrategy(Strategy):
     def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
         ranks = self.cl.end_stage().ranks
         return {
+            "new_modules": self._stage_extra,  # new task heads and new modalities' modules, stored in full
             "ranks": ranks,
             "mean_rank": sum(ranks.values()) / max(len(ranks), 1),
             "max_rank": max(ranks.values(), default=0),

@@ -33,4 +33,8 @@ class LoraStrategy(FlameStrategy):
 
     def end_stage(self, train_batch, tasks):  # type: ignore[no-untyped-def]
         stage = self.cl.end_stage(rank=0)
-        return {"ranks": stage.ranks, "mean_rank": float(self.cl.adapter_rank or 0)}
+        return {
+            "new_modules": self._stage_extra,
+            "ranks": stage.ranks,
+            "mean_rank": float(self.cl.adapter_rank or 0),
+        }

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from flame_core.components import as_matrix, truncate
-from flame_core.continual import CapacityExceeded, ContinualFlame, _key
+from flame_core.continual import CapacityExceeded, ContinualFlame
 from flame_core.model import build_flame
 from flame_core.specs import HeadSpec, SpecSet, TaskSpec
+from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
 
 
@@ -38,7 +39,7 @@ def test_compress_keeps_the_best_rank_r_factors_and_end_stage_stores_them(mk):
     ranks = cl.compress(rank=3, second_moments=moments)
     matrices = [k for k, d in full.items() if d.dim() >= 2]
     assert matrices and set(ranks) == {k.replace("__", ".") for k in matrices}
-    assert all(r == min(3, *as_matrix(full[_key(n)]).shape) for n, r in ranks.items())
+    assert all(r == min(3, *as_matrix(full[param_key(n)]).shape) for n, r in ranks.items())
     for key in matrices:
         want = truncate(full[key], ranks[key.replace("__", ".")], moments.get(key.replace("__", ".")))
         assert torch.allclose(cl.live_b[key] @ cl.live_a[key], want.b @ want.a, atol=1e-6), key

@@ -63,6 +63,8 @@ def test_flame_stream_never_forgets_and_finetune_does(data):
     assert flame.summary()["forgetting"] == 0.0 and flame.summary()["bwt"] == 0.0
     assert any(finetune.matrix[2][t] != finetune.matrix[0][t] for t in ("mortality", "los"))
     assert flame.stage_params[1] < finetune.stage_params[1] / 3
+    # Scores right after truncation are kept beside the final (refit) ones, per new task.
+    assert [set(m) for m in flame.at_truncation] == [set(), {"phenotype"}, {"acuity"}]
     assert all(not math.isnan(v) for m in flame.matrix for v in m.values())
 
 

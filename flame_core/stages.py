@@ -1,0 +1,66 @@
+"""A finished continual stage and the pure helpers around it: parameter kinds, the bit-reproducible
+materialisation of `W_0 + sum_s B_s A_s`, and the capacity error."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from flame_core.components import LowRank
+
+
+class CapacityExceeded(ValueError):
+    """A stage would push some weight's cumulative reserved rank past the configured budget."""
+
+
+def kind_of(name: str) -> str:
+    """'head' (per task), 'router' (per stage) or 'stacked' (base + per-stage deltas)."""
+    if name.startswith("heads."):
+        return "head"
+    parts = name.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[2] == "routers":
+        return "router"
+    return "stacked"
+
+
+def materialise(base: torch.Tensor, deltas: Sequence[LowRank | torch.Tensor]) -> torch.Tensor:
+    """base + sum of deltas in float64 with elementwise ops only (rank-one updates, no matmul), so the
+    result is bit-reproducible on any thread count; rounded to the base's dtype once at the end."""
+    acc = base.detach().double().clone()
+    for delta in deltas:
+        if isinstance(delta, LowRank):
+            mat = acc.view(acc.shape[0], -1)
+            b, a = delta.b.double(), delta.a.double()
+            for i in range(delta.rank):
+                mat += b[:, i : i + 1] * a[i : i + 1, :]
+        else:
+            acc += delta.detach().double()
+    return acc.to(base.dtype)
+
+
+@dataclass
+class Stage:
+    """A finished stage: frozen deltas and router heads, by parameter name."""
+
+    index: int
+    tasks: list[str]
+    modalities: list[str]
+    new_modalities: list[str]
+    deltas: dict[str, LowRank | torch.Tensor] = field(default_factory=dict)
+    routers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {n: d.rank for n, d in self.deltas.items() if isinstance(d, LowRank)}
+
+    def stored_numel(self) -> int:
+        return sum(d.numel if isinstance(d, LowRank) else d.numel() for d in self.deltas.values()) + sum(
+            r.numel() for r in self.routers.values()
+        )
+
+
+def param_key(name: str) -> str:
+    """A parameter name as a ParameterDict key (dots are not allowed there)."""
+    return name.replace(".", "__")
