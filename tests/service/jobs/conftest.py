@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from flame_core.benchmarks.synthetic_icu import generate
@@ -22,10 +21,10 @@ from flame_core.model import build_flame
 from flame_core.training import TrainConfig, train
 from flame_core.validation import validate_dataset
 from service.datasets.router import router as datasets_router
+from service.errors import install_error_handlers
 from service.jobs.queue import local_queue
 from service.jobs.router import router as jobs_router
 from service.registry import service as registry
-from service.registry.errors import Conflict, DomainError, NotFound, PermissionDenied
 from service.settings import Settings
 from service.versioning import stage_records, version_files
 
@@ -77,26 +76,13 @@ def v1(session_factory, store, pretrained) -> str:  # type: ignore[no-untyped-de
     return version.id
 
 
-def _status(e: DomainError) -> int:
-    if isinstance(e, NotFound):
-        return 404
-    if isinstance(e, PermissionDenied):
-        return 403
-    return 409 if isinstance(e, Conflict) else 400
-
-
 def make_app(settings: Settings, session_factory, store) -> FastAPI:  # type: ignore[no-untyped-def]
-    """The routers on a bare app with the lifespan state the real app sets."""
+    """The routers on a bare app with the lifespan state and the error handlers the real app has."""
     app = FastAPI()
     app.state.settings, app.state.session_factory, app.state.store = settings, session_factory, store
     app.include_router(jobs_router)
     app.include_router(datasets_router)
-
-    @app.exception_handler(DomainError)
-    async def _domain(_: Request, e: DomainError) -> JSONResponse:
-        body = {"error": {"code": e.code, "message": e.message, "field": e.field}}
-        return JSONResponse(status_code=_status(e), content=body)
-
+    install_error_handlers(app)
     return app
 
 

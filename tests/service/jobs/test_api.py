@@ -79,6 +79,9 @@ def test_same_key_different_request_conflicts_and_bad_specs_422(client, icu, v1)
     assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid"
     missing = {**body, "datasets": {"train": "nope", "validation": "nope"}}
     assert client.post("/tasks", json=missing).status_code == 404
+    negative = {**body, "options": {"refit_epochs": -1}}
+    r = client.post("/tasks", json=negative)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "options.refit_epochs", r.text
     local_queue.join()
 
 
