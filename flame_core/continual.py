@@ -27,6 +27,7 @@ from flame_core.components import LowRank, choose_rank, truncate
 from flame_core.config import FlameConfig
 from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput, merge_outputs
+from flame_core.routing import Router
 from flame_core.specs import SpecSet
 from flame_core.stages import CapacityExceeded, Stage, kind_of, materialise, param_key
 
@@ -258,6 +259,8 @@ class ContinualFlame(nn.Module):
                 module._forward_hooks.clear()
                 if isinstance(module, Expert):
                     module.observe = None
+                if isinstance(module, Router):
+                    module.logit_bias = None
             own = dict(model.named_parameters())
             with torch.no_grad():
                 for name, t in self._params(c).items():

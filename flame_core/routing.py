@@ -7,6 +7,7 @@ Gate parameters have shapes that depend only on d and E, never on sequence lengt
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -61,6 +62,9 @@ class Router(nn.Module):
         # and top-k would then always pick the first k experts.
         self.w_gate = nn.Parameter(torch.randn(n_experts, d_model) / math.sqrt(d_model))  # (E, d)
         self.w_noise = nn.Parameter(torch.zeros(n_experts, d_model))  # (E, d)
+        # Optional callback z (B, d) -> (B, E) added to the clean logits: a strategy's routing calibration
+        # (the `pas` baseline's pathway-activation reweighting). None in FLAME itself.
+        self.logit_bias: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         if self.gating == "softmax":
@@ -74,6 +78,8 @@ class Router(nn.Module):
         """x: (B, L, d) normalised tokens, mask: (B, L) valid steps, present: (B,) bool."""
         z = self.pool(x, mask)  # (B, d)
         clean = self.logits(z)  # (B, E)
+        if self.logit_bias is not None:
+            clean = clean + self.logit_bias(z)
         noisy, std = clean, None
         if self.noise and self.training:
             std = F.softplus(z @ self.w_noise.t()) + NOISE_EPS  # (B, E)

@@ -6,7 +6,7 @@ from typing import Any
 
 from flame_core.strategies.base import Strategy
 
-STRATEGIES: tuple[str, ...] = ("flame", "finetune", "ewc", "lora", "expand")
+STRATEGIES: tuple[str, ...] = ("flame", "finetune", "ewc", "lora", "expand", "pas")
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:
@@ -31,4 +31,8 @@ def build_strategy(name: str, **options: Any) -> Strategy:
         from flame_core.strategies.expand import ExpandStrategy
 
         return ExpandStrategy(**options)
+    if name == "pas":
+        from flame_core.strategies.pas import PasStrategy
+
+        return PasStrategy(**options)
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
