@@ -6,7 +6,7 @@ from typing import Any
 
 from flame_core.strategies.base import Strategy
 
-STRATEGIES: tuple[str, ...] = ("flame", "finetune", "ewc", "lora", "expand", "pas")
+STRATEGIES: tuple[str, ...] = ("flame", "finetune", "ewc", "lora", "expand", "pas", "cram")
 
 
 def build_strategy(name: str, **options: Any) -> Strategy:
@@ -35,4 +35,8 @@ def build_strategy(name: str, **options: Any) -> Strategy:
         from flame_core.strategies.pas import PasStrategy
 
         return PasStrategy(**options)
+    if name == "cram":
+        from flame_core.strategies.cram import CramStrategy
+
+        return CramStrategy(**options)
     raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")

@@ -14,7 +14,9 @@ from service.cli.train import _fail, _load_user_data
 def continual_command(
     out: Annotated[Path, typer.Option(help="directory for matrix.json, summary.json (and the checkpoint)")],
     stream: Annotated[str, typer.Option(help="stages split by ';', tasks by ',': \"pheno;los,ihm;mor\"")],
-    strategy: Annotated[str, typer.Option(help="flame | finetune | ewc | lora | expand")] = "flame",
+    strategy: Annotated[
+        str, typer.Option(help="flame | finetune | ewc | lora | expand | pas | cram")
+    ] = "flame",
     benchmark: Annotated[str | None, typer.Option(help="synthetic-icu | digits | support2 | pbc2")] = None,
     data: Annotated[
         Path | None, typer.Option(help="training JSONL with labels for the stream's tasks")
