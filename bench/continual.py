@@ -60,8 +60,9 @@ def strategy_options(name: str, args) -> dict:  # type: ignore[no-untyped-def]
     return {}
 
 
-def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> tuple[str, list[dict]]:  # type: ignore[no-untyped-def]
-    bench, stream, what = STREAMS[key]
+def pretrain(key: str, args):  # type: ignore[no-untyped-def]
+    """The stream's data, stages, training config and its stage-0 model (shared by every strategy)."""
+    bench, stream, _ = STREAMS[key]
     data = load_benchmark(bench, seed=0, n=args.n if bench == "synthetic-icu" else None)
     stages = parse_stream(stream)
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, progress=False, device="cpu", seed=0)
@@ -70,7 +71,12 @@ def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> 
     pretrained = build_flame(FlameConfig(), first)
     t0 = time.perf_counter()
     train(pretrained, first, data.splits["train"], data.splits["val"], cfg, tasks=stages[0])
-    pretrain_s = time.perf_counter() - t0
+    return data, stages, cfg, pretrained, time.perf_counter() - t0
+
+
+def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> tuple[str, list[dict]]:  # type: ignore[no-untyped-def]
+    bench, stream, what = STREAMS[key]
+    data, stages, cfg, pretrained, pretrain_s = pretrain(key, args)
     rows, dumps = [], []
     for name in strategies:
         t0 = time.perf_counter()

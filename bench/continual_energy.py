@@ -19,15 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from continual import STREAMS  # noqa: E402
+from continual import STREAMS, pretrain  # noqa: E402
 
-from flame_core.benchmarks import load_benchmark  # noqa: E402
-from flame_core.config import FlameConfig  # noqa: E402
-from flame_core.model import build_flame  # noqa: E402
 from flame_core.report import markdown_table  # noqa: E402
 from flame_core.strategies import build_strategy  # noqa: E402
-from flame_core.stream import StreamResult, parse_stream, run_stream  # noqa: E402
-from flame_core.training import TrainConfig, seed_everything, train  # noqa: E402
+from flame_core.stream import StreamResult, run_stream  # noqa: E402
 
 
 def drops(res: StreamResult, after: list[dict[str, float]]) -> float:
@@ -35,14 +31,8 @@ def drops(res: StreamResult, after: list[dict[str, float]]) -> float:
 
 
 def sweep(key: str, energies: list[float], refits: list[int], args) -> str:  # type: ignore[no-untyped-def]
-    bench, stream, _ = STREAMS[key]
-    data = load_benchmark(bench, seed=0, n=args.n if bench == "synthetic-icu" else None)
-    stages = parse_stream(stream)
-    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, progress=False, device="cpu", seed=0)
-    seed_everything(0)
-    first = data.specs.subset(stages[0])
-    pretrained = build_flame(FlameConfig(), first)
-    train(pretrained, first, data.splits["train"], data.splits["val"], cfg, tasks=stages[0])
+    stream = STREAMS[key][1]
+    data, stages, cfg, pretrained, _ = pretrain(key, args)
     lora = run_stream(build_strategy("lora", rank=32), data, stages, train_config=cfg, pretrained=pretrained)
     lora_params = lora.summary()["stage_params_mean"]
     lora_stages = lora.stage_params[1:]

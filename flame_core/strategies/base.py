@@ -24,6 +24,21 @@ def numel(params: Sequence[torch.Tensor] | Any) -> int:
     return int(sum(p.numel() for p in params))
 
 
+class FlameWrapper(nn.Module):
+    """A module that runs a wrapped `Flame` (`self.model`) with a strategy's own extra parts; it answers
+    `specs` and `config` as the model does, which is all the training loop asks of it."""
+
+    model: Flame
+
+    @property
+    def specs(self) -> SpecSet:
+        return self.model.specs
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.model.config
+
+
 class Strategy:
     """Base class: subclasses override the hooks they need (at most one level of subclassing)."""
 

@@ -35,7 +35,7 @@ from flame_core.model import Flame, FlameOutput, masked_mean
 from flame_core.specs import SpecSet
 from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
-from flame_core.strategies.base import Strategy, numel
+from flame_core.strategies.base import FlameWrapper, Strategy, numel
 from flame_core.strategies.pas import is_expert_matrix
 
 
@@ -71,7 +71,7 @@ def instantiate(
     return (u[:, keep] * root).float(), (root.unsqueeze(1) * v).float()
 
 
-class CramFlame(nn.Module):
+class CramFlame(FlameWrapper):
     """A frozen `Flame`, committed slots `{weight: (B, A)}` with centroids, and the open stage's parts."""
 
     def __init__(self, model: Flame, sigma: float) -> None:
@@ -85,14 +85,6 @@ class CramFlame(nn.Module):
         self.new_b, self.new_a = nn.ParameterDict(), nn.ParameterDict()  # open stage, after compress
         self._q_sum: torch.Tensor | None = None
         self._q_count = 0
-
-    @property
-    def specs(self) -> SpecSet:
-        return self.model.specs
-
-    @property
-    def config(self):  # type: ignore[no-untyped-def]
-        return self.model.config
 
     def query(self, batch: Batch, tasks: Sequence[str]) -> torch.Tensor:
         """(d,): batch mean of the L2-normalised pooled encoder features of the tasks' modalities."""

@@ -24,7 +24,7 @@ from flame_core.experts import Expert, MoELayer
 from flame_core.model import Flame, FlameBlock, FlameOutput, merge_outputs
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.strategies.base import Strategy, numel
+from flame_core.strategies.base import FlameWrapper, Strategy, numel
 
 
 def _block_view(block: FlameBlock, routers: dict[str, Router], experts: Sequence[Expert]) -> FlameBlock:
@@ -41,7 +41,7 @@ def _block_view(block: FlameBlock, routers: dict[str, Router], experts: Sequence
     return view
 
 
-class ExpandFlame(nn.Module):
+class ExpandFlame(FlameWrapper):
     """A frozen stage-0 `Flame` plus the experts and router heads later stages added, and task cursors.
 
     `added[b]` holds block b's added experts in stage order; `router_heads[str(s)][b][m]` is stage s's router
@@ -57,14 +57,6 @@ class ExpandFlame(nn.Module):
         self.open_params: list[nn.Parameter] | None = None
         for p in model.parameters():
             p.requires_grad_(False)
-
-    @property
-    def specs(self) -> SpecSet:
-        return self.model.specs
-
-    @property
-    def config(self):  # type: ignore[no-untyped-def]
-        return self.model.config
 
     @property
     def current_stage(self) -> int:

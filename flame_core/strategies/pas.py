@@ -34,7 +34,7 @@ from flame_core.routing import Router
 from flame_core.specs import SpecSet
 from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
-from flame_core.strategies.base import Strategy, numel
+from flame_core.strategies.base import FlameWrapper, Strategy, numel
 
 
 def is_expert_matrix(name: str) -> bool:
@@ -42,7 +42,7 @@ def is_expert_matrix(name: str) -> bool:
     return ".moe.experts." in name and parts[-2] in ("conv", "fc1", "fc2") and parts[-1] == "weight"
 
 
-class PasFlame(nn.Module):
+class PasFlame(FlameWrapper):
     """A frozen `Flame` plus one shared rank-r LoRA per expert weight and PAS-reweighted routers."""
 
     def __init__(self, model: Flame, rank: int, beta: float) -> None:
@@ -56,14 +56,6 @@ class PasFlame(nn.Module):
                 self.a[param_key(name)] = nn.Parameter(torch.randn(r, fan_in, device=p.device) * 0.01)
                 self.b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
         self.hook_routers()
-
-    @property
-    def specs(self) -> SpecSet:
-        return self.model.specs
-
-    @property
-    def config(self):  # type: ignore[no-untyped-def]
-        return self.model.config
 
     def hook_routers(self) -> None:
         """Every router (new modalities' too) reads its block's fc1 pathways."""
