@@ -74,41 +74,48 @@ def pretrain(key: str, args):  # type: ignore[no-untyped-def]
     return data, stages, cfg, pretrained, time.perf_counter() - t0
 
 
+def table_row(d: dict) -> list:
+    """One strategy's row from its dump (`StreamResult.to_dict()` plus `wall_seconds`)."""
+    s, stages = d["summary"], d["stages"]
+    later = [(i, t) for i in range(1, len(stages)) for t in stages[i]]
+    drop = [d["before_end"][i][t] - d["matrix"][i][t] for i, t in later]
+    cut = [d["before_end"][i][t] - d["at_truncation"][i][t] for i, t in later]
+    return [
+        d["strategy"],
+        s["final_average"],
+        s["bwt"],
+        s["forgetting"],
+        s["max_forgetting"],
+        ", ".join(f"{p / 1e3:.1f}k" for p in d["stage_params"][1:]),
+        f"{d['serving_params'][-1] / 1e3:.0f}k",
+        max(cut) if cut else 0.0,
+        max(drop) if drop else 0.0,
+        f"{d['wall_seconds']:.0f}",
+    ]
+
+
 def run_one_stream(key: str, strategies: list[str], args, results_dir: Path) -> tuple[str, list[dict]]:  # type: ignore[no-untyped-def]
+    """Run `strategies` on the stream; with `args.merge`, replace only their entries in the stream's
+    existing JSON (stage 0 is seeded, so it is the same model in every run)."""
     bench, stream, what = STREAMS[key]
     data, stages, cfg, pretrained, pretrain_s = pretrain(key, args)
-    rows, dumps = [], []
+    path = results_dir / f"continual_{key}.json"
+    kept = json.loads(path.read_text()) if args.merge and path.exists() else []
+    fresh = {}
     for name in strategies:
         t0 = time.perf_counter()
         strategy = build_strategy(name, **strategy_options(name, args))
         res = run_stream(strategy, data, stages, train_config=cfg, pretrained=pretrained)
         if name == "flame" and key == args.plot_stream:
             plot_flame(strategy.module, data, key, results_dir)
-        wall = time.perf_counter() - t0 + pretrain_s
-        s = res.summary()
-        later = [(i, t) for i in range(1, len(stages)) for t in stages[i]]
-        drop = [res.before_end[i][t] - res.matrix[i][t] for i, t in later]
-        cut = [res.before_end[i][t] - res.at_truncation[i][t] for i, t in later]
-        per_stage = ", ".join(f"{p / 1e3:.1f}k" for p in res.stage_params[1:])
-        rows.append(
-            [
-                name,
-                s["final_average"],
-                s["bwt"],
-                s["forgetting"],
-                s["max_forgetting"],
-                per_stage,
-                f"{res.serving_params[-1] / 1e3:.0f}k",
-                max(cut) if cut else 0.0,
-                max(drop) if drop else 0.0,
-                f"{wall:.0f}",
-            ]
-        )
         dump = res.to_dict()
-        dump["wall_seconds"] = wall
-        dumps.append(dump)
-        print(f"  {key}/{name}: {s} ({wall:.0f}s)", flush=True)
-    (results_dir / f"continual_{key}.json").write_text(json.dumps(dumps, indent=2))
+        dump["wall_seconds"] = time.perf_counter() - t0 + pretrain_s
+        fresh[name] = dump
+        print(f"  {key}/{name}: {dump['summary']} ({dump['wall_seconds']:.0f}s)", flush=True)
+    by_name = {d["strategy"]: d for d in kept} | fresh
+    dumps = [by_name[n] for n in STRATEGIES if n in by_name]
+    rows = [table_row(d) for d in dumps]
+    path.write_text(json.dumps(dumps, indent=2))
     metric = sorted(set(dumps[0]["metric"].values()))
     headers = [
         "strategy",
@@ -228,6 +235,7 @@ def main() -> None:
     ap.add_argument("--energy", type=float, default=0.99)
     ap.add_argument("--refit-epochs", type=int, default=3, help="flame: refit after truncation")
     ap.add_argument("--no-latency", action="store_true", help="skip the cursor-latency measurement")
+    ap.add_argument("--merge", action="store_true", help="replace only these strategies in existing JSON")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plot-stream", default="icu-new-modality", help="stream whose FLAME model is analysed")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))

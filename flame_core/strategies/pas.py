@@ -55,10 +55,10 @@ class PasFlame(FlameWrapper):
                 fan_in, r = p[0].numel(), min(rank, p.shape[0], p[0].numel())
                 self.a[param_key(name)] = nn.Parameter(torch.randn(r, fan_in, device=p.device) * 0.01)
                 self.b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
-        self.hook_routers()
 
     def hook_routers(self) -> None:
-        """Every router (new modalities' too) reads its block's fc1 pathways."""
+        """Every router (new modalities' too) reads its block's fc1 pathways. Called from stage 1 on:
+        stage 0 stays the shared pretrained model, which random pathways would only add noise to."""
         for name, module in self.model.named_modules():
             if isinstance(module, Router):
                 block = int(name.split(".")[1])  # blocks.<b>.routers.<modality>

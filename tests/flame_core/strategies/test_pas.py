@@ -31,6 +31,8 @@ def test_untrained_adapters_leave_the_model_and_bias_routing_evenly(data):
     specs = data.specs.subset(["mortality"])
     model = build_flame(TINY, specs)
     net = PasFlame(model, rank=4, beta=4.0)
+    assert all(m.logit_bias is None for m in model.modules() if isinstance(m, Router))  # stage 0 as is
+    net.hook_routers()
     assert len(net.a) == 3 * TINY.n_experts  # conv, fc1, fc2 of every expert
     batch = collate(data.splits["test"][:16], specs, tasks=["mortality"], tokenizer=TINY.tokenizer())
     model.eval()
