@@ -136,7 +136,8 @@ class CramFlame(FlameWrapper):
         self._q_count += 1
 
     def running_centroid(self) -> torch.Tensor:
-        assert self._q_sum is not None, "no batch of this stage has been seen"
+        if self._q_sum is None:
+            raise RuntimeError("the open stage has no centroid yet: no training batch of it has been seen")
         return self._q_sum / self._q_count
 
 
