@@ -29,7 +29,7 @@ from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput, merge_outputs
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import CapacityExceeded, Stage, kind_of, materialise, param_key
+from flame_core.stages import CapacityExceeded, Stage, group_by_cursor, kind_of, materialise, param_key
 
 __all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "kind_of"]
 
@@ -118,10 +118,14 @@ class ContinualFlame(nn.Module):
         router heads. Nothing older is ever in this list."""
         if self._live is None:
             raise RuntimeError("no stage is open")
-        t = self._live.index
-        born = [p for n, p in self.model.named_parameters() if self.birth[n] == t]
         live = (self.live_deltas, self.live_b, self.live_a, self.live_routers)
-        return born + [p for d in live for p in d.values()]
+        return self.new_parameters() + [p for d in live for p in d.values()]
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """The open stage's new modules: heads of its new tasks, every module of its new modalities."""
+        if self._live is None:
+            raise RuntimeError("no stage is open")
+        return [p for n, p in self.model.named_parameters() if self.birth[n] == self._live.index]
 
     def compress(
         self,
@@ -144,8 +148,8 @@ class ContinualFlame(nn.Module):
             r = choose_rank(p.detach(), rank, energy, c)
             factored[key] = truncate(p.detach(), r, c) if r > 0 else None
         self._check_budget(
-            {k.replace("__", "."): lr for k, lr in factored.items() if lr is not None}
-            | {k.replace("__", "."): LowRank(b, self.live_a[k], ()) for k, b in self.live_b.items()}
+            {k.replace("__", "."): lr.rank for k, lr in factored.items() if lr is not None}
+            | {k.replace("__", "."): b.shape[1] for k, b in self.live_b.items()}
         )
         for key, lr in factored.items():
             del self.live_deltas[key]
@@ -194,14 +198,13 @@ class ContinualFlame(nn.Module):
                 total[n] = total.get(n, 0) + r
         return total
 
-    def _check_budget(self, deltas: Mapping[str, LowRank | torch.Tensor]) -> None:
+    def _check_budget(self, ranks: Mapping[str, int]) -> None:
+        """Refuse the open stage if its `ranks` (per weight name) push any weight past the budget."""
         if self.rank_budget is None:
             return
         reserved = self.reserved_rank()
         over = {
-            n: reserved.get(n, 0) + d.rank
-            for n, d in deltas.items()
-            if isinstance(d, LowRank) and reserved.get(n, 0) + d.rank > self.rank_budget
+            n: reserved.get(n, 0) + r for n, r in ranks.items() if reserved.get(n, 0) + r > self.rank_budget
         }
         if over:
             worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
@@ -285,15 +288,8 @@ class ContinualFlame(nn.Module):
     def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
         """Each task at its own cursor; tasks sharing a cursor share one pass. Aux losses are summed and
         routing is merged (the last cursor's routing wins for a modality several cursors use)."""
-        names = list(self.specs.tasks) if tasks is None else list(tasks)
-        unknown = [t for t in names if t not in self.cursor]
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; known: {sorted(self.cursor)}")
-        groups: dict[int, list[str]] = {}
-        for t in names:
-            groups.setdefault(self.cursor[t], []).append(t)
         outs = []
-        for c, group in sorted(groups.items()):
+        for c, group in group_by_cursor(self.cursor, list(self.specs.tasks) if tasks is None else tasks):
             if self._live is not None and c == self._live.index:
                 outs.append(functional_call(self.model, self._params(c), (batch, group), strict=False))
             else:

@@ -3,7 +3,7 @@ materialisation of `W_0 + sum_s B_s A_s`, and the capacity error."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +59,18 @@ class Stage:
         return sum(d.numel if isinstance(d, LowRank) else d.numel() for d in self.deltas.values()) + sum(
             r.numel() for r in self.routers.values()
         )
+
+
+def group_by_cursor(cursor: Mapping[str, int], tasks: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """Tasks grouped by their cursor, cursors ascending (one forward pass per group); unknown tasks
+    are a ValueError naming the known ones."""
+    unknown = [t for t in tasks if t not in cursor]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; known: {sorted(cursor)}")
+    groups: dict[int, list[str]] = {}
+    for t in tasks:
+        groups.setdefault(cursor[t], []).append(t)
+    return sorted(groups.items())
 
 
 def param_key(name: str) -> str:

@@ -131,7 +131,10 @@ def run_stream(
             result.before_end.append(score_tasks(module, all_specs, test_s, tasks, metric))
             batch = collate(train_s, all_specs, tasks=tasks, tokenizer=model_config.tokenizer())
             refit = strategy.compress(batch, tasks)
-            result.at_truncation.append(score_tasks(module, all_specs, test_s, tasks, metric))
+            if refit is None:  # nothing was truncated: the scores are the ones just taken
+                result.at_truncation.append(dict(result.before_end[-1]))
+            else:
+                result.at_truncation.append(score_tasks(module, all_specs, test_s, tasks, metric))
             if refit and strategy.refit_epochs > 0:
                 train(
                     module,

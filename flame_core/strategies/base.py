@@ -24,6 +24,16 @@ def numel(params: Sequence[torch.Tensor] | Any) -> int:
     return int(sum(p.numel() for p in params))
 
 
+def grow(model: Flame, specs: SpecSet) -> list[nn.Parameter]:
+    """Extend `model` for a stage's new tasks and modalities; return the new parameters, trainable."""
+    before = {id(p) for p in model.parameters()}
+    model.extend(specs)
+    new = [p for p in model.parameters() if id(p) not in before]
+    for p in new:
+        p.requires_grad_(True)
+    return new
+
+
 class FlameWrapper(nn.Module):
     """A module that runs a wrapped `Flame` (`self.model`) with a strategy's own extra parts; it answers
     `specs` and `config` as the model does, which is all the training loop asks of it."""
@@ -65,10 +75,10 @@ class Strategy:
     def refit_epochs(self) -> int:
         return int(self.options.get("refit_epochs", 0))
 
-    def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter]:
+    def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter] | None:
         """Shrink what the stage trained (FLAME: truncate to rank r); return the parameters that may be
-        refit afterwards ([] for none)."""
-        return []
+        refit afterwards ([] for none), or None when the strategy changes nothing here."""
+        return None
 
     def end_stage(self, train_batch: Batch, tasks: Sequence[str]) -> dict[str, Any]:
         """Called after training; returns facts worth reporting (ranks, pre-truncation scores, ...)."""

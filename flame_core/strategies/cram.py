@@ -35,7 +35,7 @@ from flame_core.model import Flame, FlameOutput, masked_mean
 from flame_core.specs import SpecSet
 from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
-from flame_core.strategies.base import FlameWrapper, Strategy, numel
+from flame_core.strategies.base import FlameWrapper, Strategy, grow, numel
 from flame_core.strategies.pas import is_expert_matrix
 
 
@@ -157,7 +157,7 @@ class CramStrategy(Strategy):
             raise ValueError(f"cram options need 1 <= r_min <= r_max and sigma > 0, got {options}")
         self._dec: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # weight -> (Q_B, C)
         self._gamma = 0.0
-        self._stage_new = 0
+        self._new: list[nn.Parameter] = []
 
     @property
     def refit_epochs(self) -> int:
@@ -172,18 +172,12 @@ class CramStrategy(Strategy):
         self.net.centroids.append(self.net.query(train_batch, tasks))  # stage 0's slot: the base
 
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
-        model = self.net.model
-        before = {id(p) for p in model.parameters()}
-        model.extend(specs)
-        new = [p for p in model.parameters() if id(p) not in before]
-        for p in new:
-            p.requires_grad_(True)
-        self._stage_new = numel(new)
-        for name, p in model.named_parameters():
-            if is_expert_matrix(name) and id(p) in before:
+        self._new = grow(self.net.model, specs)  # expert pools never grow: every expert is old
+        for name, p in self.net.model.named_parameters():
+            if is_expert_matrix(name):
                 self.net.buffer[param_key(name)] = nn.Parameter(torch.zeros_like(p))
         self.net._q_sum, self.net._q_count = None, 0
-        return [*new, *self.net.buffer.values()]
+        return [*self._new, *self.net.buffer.values()]
 
     def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter]:
         """Instantiate the slot from the buffer; prepare the orthogonality penalty of the stable phase."""
@@ -205,10 +199,7 @@ class CramStrategy(Strategy):
         with torch.no_grad():
             q = net.query(train_batch, tasks)
             self._gamma = float(1 - net.mix(q, with_open=True)[-1])  # routing mass on earlier slots
-        return [p for p in self._stage_new_params()] + [*net.new_b.values(), *net.new_a.values()]
-
-    def _stage_new_params(self) -> list[nn.Parameter]:
-        return [p for p in self.net.model.parameters() if p.requires_grad]
+        return [*self._new, *net.new_b.values(), *net.new_a.values()]
 
     def penalty(self) -> torch.Tensor | None:
         """lam_dec * gamma * mean_w tr(Q^T B A C A^T B^T Q): the new slot's output energy inside the
@@ -241,11 +232,11 @@ class CramStrategy(Strategy):
         return {
             "mean_rank": sum(ranks) / max(len(ranks), 1),
             "max_rank": max(ranks, default=0),
-            "new_modules": self._stage_new,
+            "new_modules": numel(self._new),
         }
 
     def stage_parameters(self) -> int:
-        return self._last + self._stage_new
+        return self._last + numel(self._new)
 
     def serving_parameters(self) -> int:
         slots = sum(b.numel() + a.numel() for s in self.net.slots for b, a in s.values())

@@ -1,5 +1,6 @@
-"""Online EWC: fine-tuning plus a quadratic pull of the shared parameters towards their values after the
-last stage, weighted by an accumulated diagonal Fisher (Kirkpatrick et al. 2017; Schwarz et al. 2018).
+"""Online EWC: fine-tuning (`FinetuneStrategy`: every parameter trained in each stage) plus a quadratic
+pull of the shared parameters towards their values after the last stage, weighted by an accumulated
+diagonal Fisher (Kirkpatrick et al. 2017; Schwarz et al. 2018).
 
 Shared ("stacked") parameters are everything except task heads: encoders, attention, norms, experts
 and the one router per modality (there are no per-stage router heads here). Heads are per task, so a
@@ -16,9 +17,9 @@ from torch import nn
 
 from flame_core.batch import Batch
 from flame_core.losses import task_loss
-from flame_core.model import Flame
 from flame_core.specs import SpecSet
-from flame_core.strategies.base import Strategy, numel
+from flame_core.strategies.base import numel
+from flame_core.strategies.finetune import FinetuneStrategy
 
 FISHER_BATCH = 64
 FISHER_MAX_BATCHES = 20
@@ -79,7 +80,7 @@ def diagonal_fisher(
     return {n: f / used for n, f in fisher.items()}
 
 
-class EwcStrategy(Strategy):
+class EwcStrategy(FinetuneStrategy):
     """Options: lam (penalty strength, default 300.0: of 10..10000 tried on the synthetic-icu and digits
     smoke streams, it at least halved fine-tuning's forgetting and still learned the new tasks nearly as
     well), gamma (decay of the old Fisher, default 1.0)."""
@@ -101,21 +102,9 @@ class EwcStrategy(Strategy):
         self.anchor: dict[str, torch.Tensor] = {}
         self.consolidations = 0
 
-    def wrap(self, model: Flame) -> nn.Module:
-        self.model = model
-        self.module = model
-        return model
-
     def after_pretraining(self, train_batch: Batch, tasks: Sequence[str]) -> None:
         """Fisher and anchor of the stage-0 tasks, so stage 1 already protects them."""
         self.consolidate(train_batch, tasks)
-
-    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
-        self.model.extend(specs)
-        params = list(self.model.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        return params
 
     def penalty(self) -> torch.Tensor | None:
         """lam/2 * sum_i F_i (theta_i - theta*_i)^2 over the shared parameters that have a Fisher."""
@@ -150,6 +139,3 @@ class EwcStrategy(Strategy):
     def stage_parameters(self) -> int:
         # Every weight changed; the Fisher is kept beside them. The anchor is the stage's own weights.
         return numel(self.model.parameters()) + numel(self.fisher.values())
-
-    def serving_parameters(self) -> int:
-        return numel(self.model.parameters())

@@ -24,6 +24,7 @@ from flame_core.experts import Expert, MoELayer
 from flame_core.model import Flame, FlameBlock, FlameOutput, merge_outputs
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
+from flame_core.stages import group_by_cursor
 from flame_core.strategies.base import FlameWrapper, Strategy, numel
 
 
@@ -155,14 +156,8 @@ class ExpandFlame(FlameWrapper):
 
     def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
         """Each task at its own cursor; tasks sharing a cursor share one pass."""
-        names = list(self.specs.tasks) if tasks is None else list(tasks)
-        unknown = [t for t in names if t not in self.cursor]
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; known: {sorted(self.cursor)}")
-        groups: dict[int, list[str]] = {}
-        for t in names:
-            groups.setdefault(self.cursor[t], []).append(t)
-        return merge_outputs([self.view(c)(batch, group) for c, group in sorted(groups.items())])
+        names = list(self.specs.tasks) if tasks is None else tasks
+        return merge_outputs([self.view(c)(batch, group) for c, group in group_by_cursor(self.cursor, names)])
 
 
 class ExpandStrategy(Strategy):

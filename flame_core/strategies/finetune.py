@@ -6,7 +6,7 @@ from torch import nn
 
 from flame_core.model import Flame
 from flame_core.specs import SpecSet
-from flame_core.strategies.base import Strategy, numel
+from flame_core.strategies.base import Strategy, grow, numel
 
 
 class FinetuneStrategy(Strategy):
@@ -18,7 +18,7 @@ class FinetuneStrategy(Strategy):
         return model
 
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
-        self.model.extend(specs)
+        grow(self.model, specs)
         params = list(self.model.parameters())
         for p in params:
             p.requires_grad_(True)

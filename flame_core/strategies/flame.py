@@ -29,8 +29,7 @@ class FlameStrategy(Strategy):
 
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
         params = self.cl.begin_stage(specs)
-        own = {id(p) for p in (*self.cl.live_deltas.values(), *self.cl.live_routers.values())}
-        self._stage_extra = numel(p for p in params if id(p) not in own)  # new heads and encoders
+        self._stage_extra = numel(self.cl.new_parameters())  # new heads and new modalities' modules
         return params
 
     @property

@@ -19,17 +19,8 @@ class LoraStrategy(FlameStrategy):
         self.cl.adapter_rank = int(self.options.get("rank", 32))
         return module
 
-    def begin_stage(self, specs):  # type: ignore[no-untyped-def]
-        params = self.cl.begin_stage(specs)
-        own = {
-            id(p)
-            for p in (*self.cl.live_a.values(), *self.cl.live_b.values(), *self.cl.live_routers.values())
-        }
-        self._stage_extra = sum(p.numel() for p in params if id(p) not in own)
-        return params
-
     def compress(self, train_batch, tasks):  # type: ignore[no-untyped-def]
-        return []  # adapters are trained at their rank; nothing to truncate
+        return None  # adapters are trained at their rank; nothing to truncate
 
     def end_stage(self, train_batch, tasks):  # type: ignore[no-untyped-def]
         stage = self.cl.end_stage(rank=0)

@@ -34,7 +34,7 @@ from flame_core.routing import Router
 from flame_core.specs import SpecSet
 from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
-from flame_core.strategies.base import FlameWrapper, Strategy, numel
+from flame_core.strategies.base import FlameWrapper, Strategy, grow, numel
 
 
 def is_expert_matrix(name: str) -> bool:
@@ -117,12 +117,10 @@ class PasStrategy(Strategy):
         return self.net
 
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
-        model = self.net.model
-        before = {id(p) for p in model.parameters()}
-        model.extend(specs)
+        new = grow(self.net.model, specs)
         self.net.hook_routers()
-        new = [p for p in model.parameters() if id(p) not in before]
-        routers = [p for n, p in model.named_parameters() if ".routers." in n and id(p) in before]
+        fresh = {id(p) for p in new}
+        routers = [p for n, p in self.net.model.named_parameters() if ".routers." in n and id(p) not in fresh]
         self._stage_new = numel(new)
         params = [*new, *routers, *self.net.a.values(), *self.net.b.values()]
         for p in params:

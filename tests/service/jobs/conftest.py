@@ -58,22 +58,27 @@ def pretrained(icu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return {"files": version_files(cl), "records": stage_records(cl, 0), "cl": copy.deepcopy(cl)}
 
 
+def register_pretrained(session, store, pretrained) -> str:  # type: ignore[no-untyped-def]
+    """Register the pretrained stage-0 model as the first version (v1); returns its id."""
+    components, tasks, modalities = pretrained["records"]
+    version = registry.register_version(
+        session=session,
+        store=store,
+        parent=None,
+        files=pretrained["files"],
+        moved_by="test",
+        components=components,
+        tasks=tasks,
+        modalities=modalities,
+        reason="stage 0",
+    )
+    return version.id
+
+
 @pytest.fixture
 def v1(session_factory, store, pretrained) -> str:  # type: ignore[no-untyped-def]
-    components, tasks, modalities = pretrained["records"]
     with session_factory.begin() as s:
-        version = registry.register_version(
-            session=s,
-            store=store,
-            parent=None,
-            files=pretrained["files"],
-            moved_by="test",
-            components=components,
-            tasks=tasks,
-            modalities=modalities,
-            reason="stage 0",
-        )
-    return version.id
+        return register_pretrained(s, store, pretrained)
 
 
 def make_app(settings: Settings, session_factory, store) -> FastAPI:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ from service.registry import service as registry
 from service.settings import Settings
 
 from ..conftest import PG_URL, start_celery_worker
-from .conftest import LOS, only_labels
+from .conftest import LOS, only_labels, register_pretrained
 
 REDIS_URL = os.environ.get("FLAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -58,18 +58,8 @@ def test_celery_worker_runs_stage_and_moves_active(scratch_db, tmp_path, icu, pr
     _require_redis()
     url, engine = scratch_db
     factory, store = make_session_factory(engine), LocalArtifactStore(tmp_path / "artifacts")
-    components, tasks, modalities = pretrained["records"]
     with factory.begin() as s:
-        registry.register_version(
-            session=s,
-            store=store,
-            parent=None,
-            files=pretrained["files"],
-            moved_by="test",
-            components=components,
-            tasks=tasks,
-            modalities=modalities,
-        )
+        register_pretrained(s, store, pretrained)
         ids = {}
         for split in ("train", "val"):
             samples = only_labels(icu.splits[split], ["los"])
