@@ -84,7 +84,6 @@ class ContinualFlame(nn.Module):
             m for m in self.specs.modalities if any(m in self.specs.tasks[x].modalities for x in new_tasks)
         ]
         self._live = Stage(t, new_tasks, mods, new_mods)
-        trainable: list[nn.Parameter] = []
         lookups = {f"{n}.weight" for n, mod in self.model.named_modules() if isinstance(mod, nn.Embedding)}
         for name, p in self.model.named_parameters():
             if name in lookups and name in before:
@@ -92,7 +91,6 @@ class ContinualFlame(nn.Module):
             if name not in before:
                 self.birth[name] = t
                 p.requires_grad_(True)
-                trainable.append(p)
             elif kind_of(name) == "stacked" and self.adapter_rank is None:
                 self.live_deltas[param_key(name)] = nn.Parameter(torch.zeros_like(p))
             elif kind_of(name) == "stacked" and p.dim() >= 2 and self.adapter_rank is not None:
