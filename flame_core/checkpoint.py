@@ -105,6 +105,7 @@ def continual_manifest(cl: ContinualFlame) -> dict[str, Any]:
         ],
         "birth": cl.birth,
         "cursor": cl.cursor,
+        "training_ranges": cl.training_ranges,
     }
 
 
@@ -131,6 +132,7 @@ def build_continual(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> C
     cl = ContinualFlame(model, rank_budget=meta.get("rank_budget"))
     cl.birth = {k: int(v) for k, v in meta["birth"].items()}
     cl.cursor = {k: int(v) for k, v in meta["cursor"].items()}
+    cl.training_ranges = meta.get("training_ranges", {})  # absent in manifests written before ranges
     cl.stages = []
     for s in stages:
         i = s["index"]

@@ -7,7 +7,8 @@ with a single `from_numpy`, so collating hundreds of samples takes milliseconds.
 Padding: every variable-length modality is padded to the longest sample in the batch, and to at
 least one step so tensors are never empty. `pad` is True on real steps only; a sample without the
 modality has `present` False, zeros everywhere and `pad` all False. A missing value inside a present
-timeseries/tabular payload is 0 with `obs` False. A text with no tokens counts as absent.
+timeseries/tabular payload is 0 with `obs` False. A text with no tokens, and a timeseries or tabular
+payload with no observed value, count as absent (the model then never attends over nothing).
 """
 
 from __future__ import annotations
@@ -76,17 +77,20 @@ def _sequence(payloads: list[Any], spec: ModalitySpec, rows_key: str) -> Modalit
         (t for ts in times_in if ts is not None for t in ts), np.float64, count=len(b_idx)
     )
     obs = None
+    present = lengths > 0
     if spec.kind == "timeseries":
         seen = ~np.isnan(flat)  # (N, D)
         obs_np = np.zeros((bsz, steps, spec.dim), dtype=bool)
         obs_np[b_idx, t_idx] = seen
+        present &= obs_np.any(axis=(1, 2))  # nothing observed counts as missing
+        pad[~present] = False
         obs = torch.from_numpy(obs_np)
         flat = np.where(seen, flat, 0.0)
     values[b_idx, t_idx] = flat
     return ModalityBatch(
         spec.kind,
         torch.from_numpy(values),
-        torch.from_numpy(lengths > 0),
+        torch.from_numpy(present),
         obs=obs,
         times=torch.from_numpy(times),
         pad=torch.from_numpy(pad),
@@ -102,8 +106,9 @@ def _tabular(payloads: list[Any], spec: ModalitySpec) -> ModalityBatch:
     obs = np.zeros((len(payloads), spec.dim), dtype=bool)
     values[b_idx] = np.where(seen, flat, 0.0)
     obs[b_idx] = seen
+    present = obs.any(axis=1)  # a row with nothing observed counts as missing
     return ModalityBatch(
-        "tabular", torch.from_numpy(values), torch.from_numpy(lengths > 0), obs=torch.from_numpy(obs)
+        "tabular", torch.from_numpy(values), torch.from_numpy(present), obs=torch.from_numpy(obs)
     )
 
 

@@ -50,6 +50,7 @@ class ContinualFlame(nn.Module):
         self.cursor: dict[str, int] = {t: 0 for t in model.specs.tasks}
         self.birth: dict[str, int] = {n: 0 for n, _ in model.named_parameters()}
         self.stages: list[Stage] = [Stage(0, list(model.specs.tasks), list(model.specs.modalities), [])]
+        self.training_ranges: dict[str, dict] = {}  # task -> its inputs' ranges (`flame_core.ranges`)
         self.live_deltas = nn.ParameterDict()
         self.live_routers = nn.ParameterDict()
         self._live: Stage | None = None

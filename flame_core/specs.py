@@ -16,6 +16,19 @@ HEAD_TYPES: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression
 INTERACTIONS: tuple[str, ...] = ("spread", "concentrate")
 
 DEFAULT_MAX_LEN = {"timeseries": 256, "embedding": 64, "text": 2048}
+# A declared value_range may not reach past this: float32 arithmetic in the model stays exact enough
+# and finite well inside it (validation's default bound, with no range declared, is far tighter).
+MAX_DECLARED_VALUE = 1e12
+ValueRange = tuple[float, float] | tuple[tuple[float, float] | None, ...]
+
+
+def _is_pair(v: Any) -> bool:
+    """[low, high] as two real numbers (a list from JSON, a tuple from Python)."""
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    )
 
 
 class SpecError(ValueError):
@@ -38,7 +51,7 @@ class ModalitySpec:
     dim: int = 0
     max_len: int = 0
     channels: int = 1
-    value_range: tuple[float, float] | None = None
+    value_range: ValueRange | None = None
 
     def __post_init__(self) -> None:
         where = f"modalities.{self.name}"
@@ -55,10 +68,22 @@ class ModalitySpec:
         if self.channels <= 0:
             raise SpecError("channels must be positive", f"{where}.channels")
         if self.value_range is not None:
-            lo, hi = self.value_range
-            if not lo < hi:
-                raise SpecError(f"value_range {self.value_range} needs low < high", f"{where}.value_range")
-            object.__setattr__(self, "value_range", (float(lo), float(hi)))
+            checked = self._checked_range(self.value_range, f"{where}.value_range")
+            object.__setattr__(self, "value_range", checked)
+
+    def _checked_range(self, vr: Any, where: str) -> ValueRange:
+        """`[low, high]` for every feature, or one `[low, high]` (or null) per feature, each finite with
+        low < high and inside +-MAX_DECLARED_VALUE."""
+        if _is_pair(vr):
+            lo, hi = float(vr[0]), float(vr[1])
+            if not -MAX_DECLARED_VALUE <= lo < hi <= MAX_DECLARED_VALUE:
+                raise SpecError(f"{list(vr)} needs low < high within +-{MAX_DECLARED_VALUE:g}", where)
+            return (lo, hi)
+        if self.kind not in ("timeseries", "tabular", "embedding"):
+            raise SpecError(f"must be one [low, high] for a {self.kind} modality", where)
+        if len(vr) != self.dim:
+            raise SpecError(f"has {len(vr)} per-feature ranges; expected {self.dim} (the dim)", where)
+        return tuple(None if r is None else self._checked_range(r, f"{where}[{j}]") for j, r in enumerate(vr))
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> ModalitySpec:
@@ -73,19 +98,18 @@ class ModalitySpec:
             if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
                 raise SpecError(f"must be an int, got {d[key]!r}", f"modalities.{name}.{key}")
         vr = d.get("value_range")
-        if vr is not None and (
-            not isinstance(vr, list)
-            or len(vr) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vr)
+        if vr is not None and not (
+            _is_pair(vr) or (isinstance(vr, list) and all(r is None or _is_pair(r) for r in vr))
         ):
-            raise SpecError(f"must be [low, high] numbers, got {vr!r}", f"modalities.{name}.value_range")
+            msg = f"must be [low, high] or a list of one [low, high] (or null) per feature, got {vr!r}"
+            raise SpecError(msg, f"modalities.{name}.value_range")
         return cls(
             name=name,
             kind=d["kind"],
             dim=d.get("dim", 0),
             max_len=d.get("max_len", 0),
             channels=d.get("channels", 1),
-            value_range=tuple(vr) if vr is not None else None,  # type: ignore[arg-type]
+            value_range=vr,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,8 +117,10 @@ class ModalitySpec:
         d.pop("name")
         if d["value_range"] is None:
             d.pop("value_range")
-        else:
+        elif _is_pair(self.value_range):
             d["value_range"] = list(d["value_range"])
+        else:
+            d["value_range"] = [None if r is None else list(r) for r in d["value_range"]]
         return d
 
 

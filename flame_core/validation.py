@@ -11,6 +11,7 @@ import math
 import numbers
 import sys
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from flame_core.specs import HeadSpec, ModalitySpec, SpecSet
@@ -25,6 +26,12 @@ PAYLOAD_KEYS = {
     "image": ({"pixels"}, {"pixels"}),
 }
 _BIG = sys.float_info.max
+# With no value_range declared, values must lie in +-MAX_ABS_VALUE: wide for clinical measurements in
+# any unit, and far inside what the model's float32 arithmetic keeps finite and meaningful (at 1e20 a
+# model's output no longer depends on the patient; at 1e38 it overflows). Times are hours.
+MAX_ABS_VALUE = 1e6
+MAX_ABS_TIME = 1e6
+_NOTHING_OBSERVED = "has no observed value (every entry is null); leave out a modality with nothing observed"
 
 
 class SampleInvalid(ValueError):
@@ -62,24 +69,40 @@ def _fail(message: str, field: str, modality: str | None = None, task: str | Non
     return SampleInvalid(message, field=field, modality=modality, task=task)
 
 
-def _check_vector(vec: Any, field: str, length: int, spec: ModalitySpec, allow_null: bool) -> None:
-    """A list of `length` finite numbers (or nulls) inside the spec's value_range."""
+@lru_cache(maxsize=512)
+def bounds_of(spec: ModalitySpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-feature (lows, highs) a value must lie in: the spec's `value_range` (one pair for all
+    features, or one per feature, null meaning the global bound), else +-MAX_ABS_VALUE."""
+    width = spec.dim if spec.kind != "text" else 0
+    vr = spec.value_range
+    if vr is None or isinstance(vr[0], float):
+        lo, hi = vr if vr is not None else (-MAX_ABS_VALUE, MAX_ABS_VALUE)
+        return (lo,) * width, (hi,) * width  # type: ignore[return-value]
+    pairs = [r if r is not None else (-MAX_ABS_VALUE, MAX_ABS_VALUE) for r in vr]
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)  # type: ignore[index]
+
+
+def _check_vector(vec: Any, field: str, length: int, spec: ModalitySpec, allow_null: bool) -> int:
+    """A list of `length` finite numbers (or nulls) inside the spec's bounds; returns how many are
+    observed (not null)."""
     what = "numbers or nulls" if allow_null else "numbers"
     if not isinstance(vec, list):
         raise _fail(f"must be a list of {length} {what}, got {type(vec).__name__}", field, spec.name)
     if len(vec) != length:
         raise _fail(f"has {len(vec)} values; expected {length} (the dim of {spec.name!r})", field, spec.name)
-    lo, hi = spec.value_range or (-_BIG, _BIG)
+    lows, highs = bounds_of(spec)
+    nulls = 0
     for j, v in enumerate(vec):
         t = type(v)
         if t is float or t is int:
-            if lo <= v <= hi:
+            if lows[j] <= v <= highs[j]:
                 continue
         elif v is None and allow_null:
+            nulls += 1
             continue
         elif isinstance(v, numbers.Real) and not isinstance(v, bool):  # numpy scalars from Python callers
             v = float(v)
-            if lo <= v <= hi:
+            if lows[j] <= v <= highs[j]:
                 continue
         else:
             raise _fail(f"must be a number{' or null' * allow_null}, got {v!r}", f"{field}[{j}]", spec.name)
@@ -87,7 +110,10 @@ def _check_vector(vec: Any, field: str, length: int, spec: ModalitySpec, allow_n
             raise _fail("is NaN" + "; use null for a missing value" * allow_null, f"{field}[{j}]", spec.name)
         if abs(v) > _BIG:
             raise _fail(f"is not finite ({v!r})", f"{field}[{j}]", spec.name)
-        raise _fail(f"{v!r} is outside the allowed range [{lo}, {hi}]", f"{field}[{j}]", spec.name)
+        hint = "" if spec.value_range else "; declare a value_range in the modality spec for larger values"
+        msg = f"{v!r} is outside the accepted range [{lows[j]:g}, {highs[j]:g}]{hint}"
+        raise _fail(msg, f"{field}[{j}]", spec.name)
+    return length - nulls
 
 
 def _check_times(times: Any, field: str, n: int, spec: ModalitySpec) -> list[float]:
@@ -100,6 +126,9 @@ def _check_times(times: Any, field: str, n: int, spec: ModalitySpec) -> list[flo
     for i, t in enumerate(times):
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
             raise _fail(f"must be a finite number of hours, got {t!r}", f"{field}[{i}]", spec.name)
+        if not -MAX_ABS_TIME <= t <= MAX_ABS_TIME:
+            msg = f"{t!r} hours is outside the accepted range [{-MAX_ABS_TIME:g}, {MAX_ABS_TIME:g}]"
+            raise _fail(msg, f"{field}[{i}]", spec.name)
         if t < prev:
             raise _fail(f"must be non-decreasing: {t!r} comes after {prev!r}", f"{field}[{i}]", spec.name)
         prev = t
@@ -133,11 +162,15 @@ def _payload(p: Any, spec: ModalitySpec) -> dict[str, Any]:
     if spec.kind == "timeseries":
         n = _check_steps(p["values"], f"{where}.values", spec, "time steps")
         times = _check_times(p["times"], f"{where}.times", n, spec)
+        seen = 0
         for i, row in enumerate(p["values"]):
-            _check_vector(row, f"{where}.values[{i}]", spec.dim, spec, allow_null=True)
+            seen += _check_vector(row, f"{where}.values[{i}]", spec.dim, spec, allow_null=True)
+        if not seen:
+            raise _fail(_NOTHING_OBSERVED, f"{where}.values", spec.name)
         return {"times": times, "values": p["values"]}
     if spec.kind == "tabular":
-        _check_vector(p["values"], f"{where}.values", spec.dim, spec, allow_null=True)
+        if not _check_vector(p["values"], f"{where}.values", spec.dim, spec, allow_null=True):
+            raise _fail(_NOTHING_OBSERVED, f"{where}.values", spec.name)
         return {"values": p["values"]}
     if spec.kind == "text":
         text = p["text"]

@@ -25,6 +25,7 @@ from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.inference.host import ModelHost
 from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
+from service.limits import ContentTypeMiddleware
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
 from service.settings import Settings, get_settings
 
@@ -117,7 +118,8 @@ def create_app(settings: Settings | None = None, *, reload_interval_s: float = R
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Outermost first: metrics and request id see every response, including 413s.
+    # Added innermost first: metrics and request id see every response, including 413s and 415s.
+    app.add_middleware(ContentTypeMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flame_core.specs import SpecError
 from flame_core.validation import SampleInvalid
 from service.registry.errors import (
     ArtifactCorrupt,
@@ -42,22 +43,41 @@ class PayloadInvalid(DomainError):
     code = "payload_invalid"
 
 
-class ModelNotReady(DomainError):
+class PredictionNotFinite(DomainError):
+    """The model produced a non-finite number for an input it accepted: never shown as a prediction."""
+
+    code = "prediction_not_finite"
+
+
+class ServiceUnavailable(DomainError):
+    """Try again later (answered 503 with `Retry-After: retry_after`)."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
+class ModelNotReady(ServiceUnavailable):
     code = "model_not_ready"
 
 
+STATUS_OF: list[tuple[type[DomainError], int]] = [
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (BodyTooLarge, 413),
+    (PayloadInvalid, 422),
+    (PredictionNotFinite, 422),
+    (ServiceUnavailable, 503),
+    (ArtifactCorrupt, 500),
+]
+
+
 def _status_of(exc: DomainError) -> int:
-    table: list[tuple[type[DomainError], int]] = [
-        (Unauthenticated, 401),
-        (PermissionDenied, 403),
-        (NotFound, 404),
-        (Conflict, 409),
-        (BodyTooLarge, 413),
-        (PayloadInvalid, 422),
-        (ModelNotReady, 503),
-        (ArtifactCorrupt, 500),
-    ]
-    for cls, status in table:
+    for cls, status in STATUS_OF:
         if isinstance(exc, cls):
             return status
     return 400
@@ -71,9 +91,15 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     status = _status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status == 503:
-        headers = {"Retry-After": "5"}
-    return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=status, headers=headers)
+    if isinstance(exc, ServiceUnavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    body = error_body(exc.code, exc.message, exc.field, **exc.extra)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _spec_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SpecError)
+    return JSONResponse(error_body("spec_invalid", exc.message, exc.field), status_code=422)
 
 
 async def _sample_invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -102,14 +128,28 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def internal_error() -> JSONResponse:
+    """The answer to a bug: no detail, and `Connection: close` so the client's next request opens a
+    fresh connection instead of failing on one the server drops."""
+    body = error_body("internal", "internal server error", None)
+    return JSONResponse(body, status_code=500, headers={"Connection": "close"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
-    return JSONResponse(error_body("internal", "internal server error", None), status_code=500)
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"request_id": getattr(request.state, "request_id", None)},
+    )
+    return internal_error()
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every domain error to its status, in one place (an unexpected error is caught even earlier, by
+    `ObservabilityMiddleware`, which answers `internal_error()`)."""
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(SampleInvalid, _sample_invalid)
+    app.add_exception_handler(SpecError, _spec_invalid)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)

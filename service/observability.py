@@ -31,6 +31,8 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import internal_error
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -62,6 +64,11 @@ MODALITY_PRESENCE = Counter(
 )
 EXPERT_SELECTIONS = Counter(
     "flame_expert_selections", "Top-k expert picks per modality (last block).", ["modality", "expert"]
+)
+NONFINITE_PREDICTIONS = Counter(
+    "flame_predictions_nonfinite",
+    "Instances whose model output was not finite (answered 422, never shown as a prediction).",
+    ["task"],
 )
 MODEL_INFO = Gauge(
     "flame_model_info",
@@ -155,6 +162,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 access_log = logging.getLogger("flame.access")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -176,12 +184,13 @@ class ObservabilityMiddleware:
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        status = {"code": 500}
+        status: dict[str, Any] = {"code": 500, "started": False}
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
@@ -189,11 +198,17 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the connection stays sane
+            access_log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+            if status.get("started"):
+                return  # the body was under way: nothing more can be said on this response
+            await internal_error()(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route_obj = scope.get("route")
             route = getattr(route_obj, "path", None) or "unmatched"
             method = scope.get("method", "GET")
+            method = method if method in HTTP_METHODS else "other"  # a label set no client can grow
             HTTP_REQUESTS.labels(route=route, method=method, status=str(status["code"])).inc()
             HTTP_DURATION.labels(route=route, method=method).observe(elapsed)
             extra = {k: v for k, v in state.get("log", {}).items() if k in _LOG_FIELDS}

@@ -8,6 +8,8 @@ one-time admin key. With PostgreSQL (compose), migrations and models are someone
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_N, DEMO_EPOCHS = 600, 4
 DEMO_HELD_OUT = ("readmission",)
+TOKEN_FILE = "bootstrap-admin.token"  # beside the artifact root, when stdout is not a terminal
 
 
 def run_migrations(database_url: str) -> None:
@@ -47,6 +50,7 @@ def build_demo_model(
     from flame_core.config import FlameConfig
     from flame_core.continual import ContinualFlame
     from flame_core.model import build_flame
+    from flame_core.ranges import record_training_ranges
     from flame_core.training import TrainConfig, fit, seed_everything
 
     data = load_benchmark("synthetic-icu", n=n, seed=seed)
@@ -68,7 +72,9 @@ def build_demo_model(
             train_config=train_config,
         )
         metrics = result.val_metrics
-    return ContinualFlame(model.cpu().eval()), metrics
+    cl = ContinualFlame(model.cpu().eval())
+    record_training_ranges(cl.training_ranges, data.splits["train"], specs, list(specs.tasks))
+    return cl, metrics
 
 
 def register_model(
@@ -162,18 +168,32 @@ def serve_command(
     if bootstrap_demo:
         _, token = bootstrap(settings)
         if token is not None:
-            typer.secho("created an admin API key (shown once, store it now):", fg=typer.colors.YELLOW)
-            typer.echo(f"  {token}")
-            typer.echo(
-                f"  curl -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
-                f"-d @sample.json http://{host}:{port}/predict/mortality"
-            )
+            show_token_once(token, settings.artifact_root.parent / TOKEN_FILE)
+    # uvicorn's own access log prints raw request lines (paths, query strings): ours logs the route
+    # template, status and latency instead (service.observability).
     if workers > 1:
-        uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers)
+        uvicorn.run(
+            "service.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False
+        )
     else:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port)
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False)
+
+
+def show_token_once(token: str, file: Path) -> None:
+    """The bootstrap admin token on the terminal, never in a log: when stdout is not a terminal (a
+    supervisor or container collecting logs), it goes to `file` (mode 0600) and only the path is
+    printed."""
+    if sys.stdout.isatty():
+        typer.secho("created an admin API key (shown once, store it now):", fg=typer.colors.YELLOW)
+        typer.echo(f"  {token}")
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    typer.echo(f"created an admin API key; its token is in {file} (mode 0600): read it, then delete the file")
 
 
 keys_app = typer.Typer(no_args_is_help=True, add_completion=False, help="API keys (tokens shown once).")

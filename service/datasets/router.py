@@ -15,8 +15,8 @@ from starlette.datastructures import UploadFile
 
 from service.datasets import service
 from service.datasets.schemas import DatasetOut
+from service.errors import BodyTooLarge
 from service.jobs.deps import SessionDep, StoreDep, require_scope
-from service.jobs.responses import error_response
 from service.registry import service as registry
 from service.registry.models import Dataset
 
@@ -63,27 +63,24 @@ async def upload_dataset(
     """Validate every line, summarise, store by digest (the same bytes answer the stored dataset)."""
     length = int(request.headers.get("content-length") or 0)
     if length > MAX_DATASET_BYTES:
-        return error_response(413, "too_large", f"datasets are limited to {MAX_DATASET_BYTES} bytes", "body")
+        raise BodyTooLarge(f"datasets are limited to {MAX_DATASET_BYTES} bytes", field="body")
+    data, fields = await _read_upload(request)
+    raw_specs = fields.get("specs") or specs
     try:
-        data, fields = await _read_upload(request)
-        raw_specs = fields.get("specs") or specs
-        try:
-            inline = json.loads(raw_specs) if raw_specs else None
-        except json.JSONDecodeError as e:
-            raise service.DatasetInvalid(f"specs is not valid JSON: {e.msg}", field="specs") from None
-        if inline is not None and not isinstance(inline, dict):
-            raise service.DatasetInvalid("specs must be a task-spec JSON object", field="specs")
-        row = await run_in_threadpool(
-            service.upload_dataset,
-            session=session,
-            store=store,
-            name=name or fields.get("name") or "dataset",
-            data=data,
-            inline_specs=inline,
-            created_by=caller,
-        )
-    except service.DatasetInvalid as e:
-        return error_response(422, e.code, e.message, e.field, line=e.line)
+        inline = json.loads(raw_specs) if raw_specs else None
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise service.DatasetInvalid(f"specs is not valid JSON: {e}", field="specs") from None
+    if inline is not None and not isinstance(inline, dict):
+        raise service.DatasetInvalid("specs must be a task-spec JSON object", field="specs")
+    row = await run_in_threadpool(
+        service.upload_dataset,
+        session=session,
+        store=store,
+        name=name or fields.get("name") or "dataset",
+        data=data,
+        inline_specs=inline,
+        created_by=caller,
+    )
     await run_in_threadpool(session.commit)
     return dataset_out(row)
 

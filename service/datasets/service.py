@@ -18,13 +18,14 @@ from sqlalchemy.orm import Session
 from flame_core.specs import SpecError, SpecSet
 from flame_core.validation import SampleInvalid, validate_sample
 from service.artifacts import ArtifactStore
+from service.errors import PayloadInvalid
 from service.jobs.specs import stage_specs, version_specs
 from service.registry import service as registry
-from service.registry.errors import AliasNotFound, DomainError
+from service.registry.errors import AliasNotFound
 from service.registry.models import Dataset
 
 
-class DatasetInvalid(DomainError):
+class DatasetInvalid(PayloadInvalid):
     """A dataset line (or the specs it is checked against) is wrong; answered with 422."""
 
     code = "dataset_invalid"
@@ -33,6 +34,10 @@ class DatasetInvalid(DomainError):
         where = ([f"line {line}"] if line is not None else []) + ([f"field {field}"] if field else [])
         super().__init__(f"{', '.join(where)}: {message}" if where else message, field=field)
         self.line = line
+
+    @property
+    def extra(self) -> dict[str, object]:
+        return {"line": self.line}
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "field": self.field, "line": self.line}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from service.deps import HostDep, SettingsDep, require_scope
 from service.errors import PayloadInvalid
 from service.inference import service
 from service.inference.schemas import PredictBatch, PredictResponse, Sample
+from service.limits import parse_json
 from service.registry.audit import record_prediction
 
 router = APIRouter(tags=["inference"])
@@ -37,14 +37,6 @@ _BODY_DOC = {
 }
 
 
-def _parse_json(raw: bytes) -> Any:
-    # NaN/Infinity tokens parse to floats on purpose: the validator then names the exact field.
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PayloadInvalid(f"request body is not valid JSON: {e}", field="body") from None
-
-
 @router.post(
     "/predict/{task}",
     response_model=PredictResponse,
@@ -61,9 +53,14 @@ async def predict_route(
     """Predict `task` for one sample or `{"instances": [...]}`; outputs, version, cursor, modality
     use and routing per instance. One audit row per request (never the payload)."""
     start = time.perf_counter()
+    if request.query_params:
+        name = next(iter(request.query_params.keys()))[:64]
+        raise PayloadInvalid(
+            f"unknown query parameter {name!r}: the sample goes in the JSON body", field=name
+        )
     loaded = host.get()  # held for the whole request: a concurrent swap does not affect it
     raw = await request.body()
-    body = _parse_json(raw)
+    body = parse_json(raw)
     log = request.state.log = {"task": task, "version": loaded.id}
     if task not in loaded.specs.tasks:
         log.pop("task")  # unbounded user input stays out of logs and labels

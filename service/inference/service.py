@@ -14,13 +14,15 @@ import torch
 
 from flame_core.collate import collate
 from flame_core.heads import predict_outputs
+from flame_core.ranges import outside_ranges
 from flame_core.specs import HeadSpec
 from flame_core.validation import SampleInvalid, validate_sample
-from service.errors import PayloadInvalid
+from service.errors import PayloadInvalid, PredictionNotFinite
 from service.inference.host import LoadedVersion
 from service.observability import (
     EXPERT_SELECTIONS,
     MODALITY_PRESENCE,
+    NONFINITE_PREDICTIONS,
     PREDICT_BATCH_SIZE,
     PREDICT_DURATION,
     QUEUE_DEPTH,
@@ -102,6 +104,24 @@ def head_output(head: HeadSpec, value: torch.Tensor) -> dict[str, Any]:
     return {"type": "regression", "value": float(value)}
 
 
+def check_finite(task: str, values: torch.Tensor, routing: dict[str, Any], batched: bool) -> None:
+    """Raise PredictionNotFinite (422, counted) if any instance's output or gate weight is not a
+    finite number: a NaN must never reach a client as a probability or a label."""
+    ok = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)  # (B,)
+    for _, weights, _ in routing.values():
+        ok &= torch.isfinite(weights.reshape(weights.shape[0], -1)).all(dim=1)
+    if bool(ok.all()):
+        return
+    bad = (~ok).nonzero().flatten().tolist()
+    NONFINITE_PREDICTIONS.labels(task=task).inc(len(bad))
+    where = f"instances[{bad[0]}]" if batched else "modalities"
+    raise PredictionNotFinite(
+        f"the model's output for {'instance ' + str(bad[0]) if batched else 'this sample'} is not a finite "
+        "number; no prediction is given. Check the inputs' units and ranges.",
+        field=where,
+    )
+
+
 def predict(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) -> PredictResult:
     """Validate, run one forward pass over the request's instances, and explain each prediction."""
     check_task(loaded, task)
@@ -122,6 +142,8 @@ def predict(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) 
         QUEUE_DEPTH.dec()
     PREDICT_DURATION.labels(task=task, stage="forward").observe(time.perf_counter() - t1)
     PREDICT_BATCH_SIZE.observe(len(samples))
+    check_finite(task, values, routing, batched)
+    ranges = loaded.model.training_ranges.get(task, {})
 
     predictions, present, missing = [], set(), set()
     for i, sample in enumerate(samples):
@@ -149,6 +171,7 @@ def predict(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) 
                     "ignored": sorted(m for m in sample["modalities"] if m not in spec.modalities),
                 },
                 "routing": routes,
+                "out_of_training_range": outside_ranges(items[i], loaded.specs, ranges)[0],
             }
         )
     return PredictResult(

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifacts import ArtifactStore
-from service.registry.errors import DomainError
+from service.errors import ServiceUnavailable
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,11 @@ RETRY_AFTER_S = 30
 TASK_NAME = "flame.run_stage"
 
 
-class QueueFull(DomainError):
+class QueueFull(ServiceUnavailable):
     code = "queue_full"
 
     def __init__(self, message: str, *, retry_after: int = RETRY_AFTER_S) -> None:
-        super().__init__(message, field=None)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
 
 
 @dataclass(frozen=True)

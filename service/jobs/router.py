@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
-from fastapi.responses import JSONResponse
 
-from flame_core.specs import SpecError
 from service.jobs import service
 from service.jobs.deps import SessionDep, SessionFactoryDep, SettingsDep, StoreDep, require_scope
 from service.jobs.queue import QueueFull, enqueue, has_room
-from service.jobs.responses import error_response
 from service.jobs.schemas import (
     ActivateOut,
     ActivateRequest,
@@ -31,15 +28,6 @@ VersionQuery = Annotated[str | None, Query(max_length=32)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
-def _busy(retry_after: int) -> JSONResponse:
-    return error_response(
-        503,
-        "queue_full",
-        "the training queue is full; retry later",
-        headers={"Retry-After": str(retry_after)},
-    )
-
-
 @router.post("/tasks", status_code=202, response_model=JobAccepted)
 def submit_task(
     body: StageRequest,
@@ -51,15 +39,12 @@ def submit_task(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Enqueue a continual stage for new tasks; the same Idempotency-Key answers with the first job."""
-    try:
-        job, new = service.submit_stage(
-            session=session, request=body, idempotency_key=idempotency_key, created_by=caller
-        )
-    except SpecError as e:
-        return error_response(422, "spec_invalid", e.message, e.field)
+    job, new = service.submit_stage(
+        session=session, request=body, idempotency_key=idempotency_key, created_by=caller
+    )
     if new and not has_room(settings):
         session.rollback()
-        return _busy(30)
+        raise QueueFull("the training queue is full; retry later")
     session.commit()
     if new:
         try:
@@ -67,7 +52,7 @@ def submit_task(
         except QueueFull as e:
             registry.mark_failed(session=session, job_id=job.id, error=e.message)
             session.commit()
-            return _busy(e.retry_after)
+            raise
     return {"job_id": job.id, "state": "queued" if new else job.state}
 
 

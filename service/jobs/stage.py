@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from flame_core.collate import collate
 from flame_core.continual import ContinualFlame
+from flame_core.ranges import record_training_ranges
 from flame_core.statistics import routed_second_moments
 from flame_core.training import TrainConfig, evaluate, train
 from service.artifacts import ArtifactStore
@@ -122,6 +123,7 @@ def _train_stage(
             keep_initial=True,
         )
     stage = cl.end_stage()
+    record_training_ranges(cl.training_ranges, train_s, cl.specs, tasks)
     cl.to("cpu").eval()
     # Reported numbers are after truncation, one task per pass (as the service predicts).
     with torch.no_grad():

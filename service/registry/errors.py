@@ -16,6 +16,11 @@ class DomainError(Exception):
         self.message = message
         self.field = field
 
+    @property
+    def extra(self) -> dict[str, object]:
+        """Fields the error body carries beside code, message and field (e.g. a dataset's line)."""
+        return {}
+
 
 class NotFound(DomainError):
     code = "not_found"

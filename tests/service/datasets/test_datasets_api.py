@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from flame_core.benchmarks.synthetic_icu import generate
 from service.datasets.router import router
+from service.errors import install_error_handlers
 from service.registry import service as registry
-from service.registry.errors import DomainError, NotFound
 from service.registry.records import ModalityRecord, TaskRecord
 from service.settings import Settings
 
@@ -43,11 +42,7 @@ def client(session_factory, store, tmp_path):  # type: ignore[no-untyped-def]
     app.state.settings = Settings(database_url="sqlite://", artifact_root=tmp_path, auth_enabled=False)
     app.state.session_factory, app.state.store = session_factory, store
     app.include_router(router)
-
-    @app.exception_handler(DomainError)
-    async def _domain(_: Request, e: DomainError) -> JSONResponse:
-        body = {"error": {"code": e.code, "message": e.message, "field": e.field}}
-        return JSONResponse(status_code=404 if isinstance(e, NotFound) else 409, content=body)
+    install_error_handlers(app)  # the service's one handler, so statuses are the real ones
 
     with TestClient(app) as c:
         yield c
