@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_N, DEMO_EPOCHS = 600, 4
 DEMO_HELD_OUT = ("readmission",)
 TOKEN_FILE = "bootstrap-admin.token"  # beside the artifact root, when stdout is not a terminal
+# uvicorn's own access log prints raw request lines (paths, query strings): ours logs the route
+# template, status and latency instead (service.observability).
+UVICORN_OPTIONS = {"access_log": False}
 
 
 def run_migrations(database_url: str) -> None:
@@ -169,16 +172,14 @@ def serve_command(
         _, token = bootstrap(settings)
         if token is not None:
             show_token_once(token, settings.artifact_root.parent / TOKEN_FILE)
-    # uvicorn's own access log prints raw request lines (paths, query strings): ours logs the route
-    # template, status and latency instead (service.observability).
     if workers > 1:
         uvicorn.run(
-            "service.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False
+            "service.app:create_app", factory=True, host=host, port=port, workers=workers, **UVICORN_OPTIONS
         )
     else:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, access_log=False)
+        uvicorn.run(create_app(settings), host=host, port=port, **UVICORN_OPTIONS)
 
 
 def show_token_once(token: str, file: Path) -> None:

@@ -49,11 +49,23 @@ class Route(BaseModel):
     weights: list[float]
 
 
+class OutOfRange(BaseModel):
+    """A value inside the accepted bound but outside what the model saw in training for this task."""
+
+    field: str = Field(description="dotted path of the value, e.g. modalities.labs.values[3]")
+    low: float | None = Field(description="smallest training value of the feature (null: never observed)")
+    high: float | None = Field(description="largest training value of the feature (null: never observed)")
+
+
 class Prediction(BaseModel):
     id: str | None
     output: Output
     modalities: ModalityUse
     routing: dict[str, Route] = Field(description="per used modality: top-k experts and gate weights")
+    out_of_training_range: list[OutOfRange] = Field(
+        default_factory=list,
+        description="inputs outside the task's training range (the prediction extrapolates); at most 32",
+    )
 
 
 class PredictResponse(BaseModel):

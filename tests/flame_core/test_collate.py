@@ -130,6 +130,36 @@ def test_all_absent_modality_still_has_one_step() -> None:
         assert mb.values.shape[:2] == (1, 1) and mb.pad.tolist() == [[False]] and not mb.present.item()
 
 
+def test_nothing_observed_counts_as_missing_and_the_forward_stays_finite() -> None:
+    """A library caller can skip validation: a series or table of nulls must not reach attention as
+    a present modality with nothing to attend over (that gave NaN and an empty expert dispatch)."""
+    from flame_core.config import FlameConfig
+    from flame_core.model import build_flame
+
+    empty = {
+        "modalities": {
+            "vitals": {"times": [0.0], "values": [[None, None]]},
+            "labs": {"values": [None, None, None]},
+            "note": {"text": "stable"},
+        }
+    }
+    seen = {
+        "modalities": {
+            "vitals": {"times": [0.0], "values": [[1.0, None]]},
+            "labs": {"values": [1, None, None]},
+        }
+    }
+    b = collate([empty, seen], SPECS, tasks=["death"])
+    assert b.modalities["vitals"].present.tolist() == [False, True]
+    assert b.modalities["vitals"].pad[0].tolist() == [False]
+    assert b.modalities["labs"].present.tolist() == [False, True]
+    torch.manual_seed(0)
+    model = build_flame(FlameConfig(d_model=16, n_experts=4, expert_hidden=32, ts_ref_points=4), SPECS).eval()
+    with torch.no_grad():
+        out = model(b, ["death"])
+    assert torch.isfinite(out.outputs["death"]).all()
+
+
 def test_validated_samples_collate_like_raw_ones() -> None:
     raw = samples()
     canon = validate_dataset(raw, SPECS)
