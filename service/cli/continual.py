@@ -46,6 +46,7 @@ def continual_command(
     from flame_core.benchmarks.base import BenchmarkData
     from flame_core.checkpoint import save_continual
     from flame_core.continual import ContinualFlame
+    from flame_core.ranges import record_training_ranges
     from flame_core.report import text_table
     from flame_core.specs import SpecError, SpecSet
     from flame_core.strategies import build_strategy
@@ -114,7 +115,9 @@ def continual_command(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if isinstance(strat.module, ContinualFlame):
-        save_continual(out / "model", strat.module, extra={"summary": summary})
+        cl = strat.module
+        record_training_ranges(cl.training_ranges, bench.splits["train"], cl.specs, list(cl.cursor))
+        save_continual(out / "model", cl, extra={"summary": summary})
     rows = [
         [f"after stage {i}"] + [m.get(t, float("nan")) for t in tasks] + [p]
         for i, (m, p) in enumerate(zip(result.matrix, result.stage_params, strict=True))

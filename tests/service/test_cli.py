@@ -128,6 +128,11 @@ def test_continual_command_writes_matrix_and_summary(tmp_path):
     assert summary["forgetting"] == 0.0
     assert matrix["matrix"][1]["mortality"] == matrix["matrix"][0]["mortality"]
     assert (out / "model" / "config.json").is_file()
+    ranges = json.loads((out / "model" / "config.json").read_text())["training_ranges"]
+    assert (
+        set(ranges) == {"mortality", "los"}
+        and ranges["los"]["labs"]["values"][0][0] < 0 < ranges["los"]["labs"]["values"][0][1]
+    )
     bad = runner.invoke(
         app, ["continual", "--benchmark", "synthetic-icu", "--stream", "mortality;;los", "--out", str(out)]
     )

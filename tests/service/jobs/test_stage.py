@@ -92,6 +92,9 @@ def test_stage_with_new_modality_keeps_old_task_bit_exact(
     before = _mortality(store, session_factory, "v1", batch)
     after = _mortality(store, session_factory, "v2", batch)
     assert torch.equal(before, after)
+    with session_factory() as s:  # the new task's input ranges are stored with the version
+        ranges = load_version(store, registry.get_version(session=s, version="v2")).training_ranges
+    assert set(ranges["los"]) == {"vitals", "labs", "cxr2"} and len(ranges["los"]["cxr2"]["values"]) == 32
     # Idempotent: a redelivered finished job returns its version and registers nothing new.
     assert run_stage(job_id, session_factory=session_factory, store=store, settings=settings) == "v2"
     with session_factory() as s:
