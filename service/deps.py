@@ -31,8 +31,10 @@ def get_session_factory(request: Request) -> sessionmaker[Session]:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A unit of work per request: committed when the route returns, rolled back if it raises."""
-    with session_scope(request.app.state.session_factory) as session:
+    """A unit of work per request: committed when the route returns, rolled back if it raises.
+    Requests that may write (not GET/HEAD/OPTIONS) take SQLite's write lock when they begin."""
+    write = request.method not in ("GET", "HEAD", "OPTIONS")
+    with session_scope(request.app.state.session_factory, write=write) as session:
         yield session
 
 
