@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flame_core.validation import SampleInvalid
+from service.db import DB_UNAVAILABLE
 from service.registry.errors import (
     ArtifactCorrupt,
     Conflict,
@@ -102,6 +103,12 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    body = error_body("database_unavailable", "the database is unavailable; retry later", None)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
     return JSONResponse(error_body("internal", "internal server error", None), status_code=500)
@@ -112,6 +119,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SampleInvalid, _sample_invalid)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    for db_error in DB_UNAVAILABLE:
+        app.add_exception_handler(db_error, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 
