@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(settings)`; global state lives only in its lifespan.
 
-The lifespan builds the engine, session factory, artifact store and ModelHost on `app.state`, loads
-the `active` version, and polls the alias every `RELOAD_INTERVAL_S` so a version committed by a
-worker (or a rollback) is served without a restart. Importing this module does nothing heavy.
+The lifespan builds the engine, session factory, artifact store, ModelHost, API-key cache and audit
+writer on `app.state`, loads the `active` version, and polls the alias every `RELOAD_INTERVAL_S` so
+a version committed by a worker (or a rollback) is served without a restart; shutdown flushes the
+audit writer. Importing this module does nothing heavy.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from service.artifacts import LocalArtifactStore
+from service.auth.cache import KeyCache
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
+from service.inference.audit_writer import AuditWriter
 from service.inference.host import ModelHost
 from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
@@ -91,6 +94,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     app.state.store = LocalArtifactStore(settings.artifact_root)
+    app.state.key_cache = KeyCache(
+        ttl_s=settings.auth_cache_ttl_s, outage_grace_s=settings.auth_outage_grace_s
+    )
+    app.state.audit_writer = AuditWriter(
+        session_factory=app.state.session_factory,
+        spool_path=settings.audit_spool_path or settings.artifact_root / "audit-spool.jsonl",
+    )
+    app.state.audit_writer.start()
     app.state.host = ModelHost(
         store=app.state.store, session_factory=app.state.session_factory, device=settings.device
     )
@@ -105,6 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await run_in_threadpool(app.state.audit_writer.stop)  # flushes queued audit rows
         engine.dispose()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -26,6 +27,14 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# What a lost database looks like (connection refused or dropped, SQLite unable to open or locked past
+# its busy timeout): the API answers 503 database_unavailable, the key cache and audit writer ride it out.
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+# An execution option that makes SQLite begin the transaction as a writer (see `write_session`).
+_SQLITE_BEGIN = "sqlite_begin"
 
 
 class Base(DeclarativeBase):
@@ -65,7 +74,9 @@ def load_models() -> MetaData:
 
 def _configure_sqlite(engine: Engine) -> None:
     # pysqlite's own transaction handling breaks SAVEPOINT and transactional DDL; take it over
-    # (the recipe from SQLAlchemy's SQLite dialect docs) and turn on foreign keys and WAL.
+    # (the recipe from SQLAlchemy's SQLite dialect docs) and turn on foreign keys and WAL. A write
+    # unit of work begins IMMEDIATE: it waits (busy_timeout) for the write lock at BEGIN instead of
+    # reading first and failing with "database is locked" when it then tries to write.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -77,7 +88,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        immediate = connection.get_execution_options().get(_SQLITE_BEGIN) == "IMMEDIATE"
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -99,6 +111,15 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def write_session(factory: sessionmaker[Session]) -> Session:
+    """A session for a unit of work that writes: on SQLite its transactions BEGIN IMMEDIATE, so
+    concurrent writers queue for the lock instead of failing; on PostgreSQL an ordinary session."""
+    bind = factory.kw.get("bind")
+    if isinstance(bind, Engine) and bind.dialect.name == "sqlite":
+        return factory(bind=bind.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"}))
+    return factory()
+
+
 @lru_cache(maxsize=4)
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process (default: the settings' URL), for the worker and the CLI."""
@@ -110,13 +131,14 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
+def session_scope(factory: sessionmaker[Session] | None = None, *, write: bool = True) -> Iterator[Session]:
     """A unit of work: commit on success, roll back on any exception, always close.
 
     Service functions only flush; the caller decides what commits together (e.g. registering a
-    version and marking its job succeeded in one transaction).
+    version and marking its job succeeded in one transaction). `write=False` for read-only work.
     """
-    session = (factory or make_session_factory(get_engine()))()
+    factory = factory or make_session_factory(get_engine())
+    session = write_session(factory) if write else factory()
     try:
         yield session
         session.commit()

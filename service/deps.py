@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifacts import ArtifactStore
 from service.auth.models import ApiKey
-from service.auth.service import SCOPES, authenticate, has_scope
+from service.auth.service import SCOPES, has_scope
 from service.db import session_scope
 from service.errors import Unauthenticated
 from service.inference.host import ModelHost
@@ -31,8 +31,10 @@ def get_session_factory(request: Request) -> sessionmaker[Session]:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A unit of work per request: committed when the route returns, rolled back if it raises."""
-    with session_scope(request.app.state.session_factory) as session:
+    """A unit of work per request: committed when the route returns, rolled back if it raises.
+    Requests that may write (not GET/HEAD/OPTIONS) take SQLite's write lock when they begin."""
+    write = request.method not in ("GET", "HEAD", "OPTIONS")
+    with session_scope(request.app.state.session_factory, write=write) as session:
         yield session
 
 
@@ -61,7 +63,8 @@ def _bearer(request: Request) -> str | None:
 
 def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:
     """A dependency: the caller's API key if it grants `scope` (401 without a valid key, 403 without
-    the scope); None when `settings.auth_enabled` is false."""
+    the scope); None when `settings.auth_enabled` is false. Keys come through `app.state.key_cache`,
+    so a recently verified key works while the database is down."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
 
@@ -74,10 +77,9 @@ def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:
             raise Unauthenticated(
                 "missing API key: send 'Authorization: Bearer <token>'", field="authorization"
             )
-        with request.app.state.session_factory() as session:
-            key = authenticate(session=session, token=token)
-            if key is not None:
-                session.expunge(key)
+        key = request.app.state.key_cache.authenticate(
+            session_factory=request.app.state.session_factory, token=token
+        )
         if key is None:
             raise Unauthenticated("invalid or revoked API key", field="authorization")
         if not has_scope(key, scope):

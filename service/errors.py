@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flame_core.specs import SpecError
 from flame_core.validation import SampleInvalid
+from service.db import DB_UNAVAILABLE
 from service.registry.errors import (
     ArtifactCorrupt,
     Conflict,
@@ -135,6 +136,12 @@ def internal_error() -> JSONResponse:
     return JSONResponse(body, status_code=500, headers={"Connection": "close"})
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    body = error_body("database_unavailable", "the database is unavailable; retry later", None)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unhandled error",
@@ -152,6 +159,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_invalid)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    for db_error in DB_UNAVAILABLE:
+        app.add_exception_handler(db_error, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 

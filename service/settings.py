@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     log_level: str = "INFO"
 
+    # database outages: an API key is re-checked against the database at most every auth_cache_ttl_s
+    # (so a revocation reaches every replica within it); while the database is unreachable, a key
+    # verified within auth_outage_grace_s keeps working. Audit rows wait in audit_spool_path (default
+    # <artifact_root>/audit-spool.jsonl) until the database is back.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0.0, le=3600.0)
+    auth_outage_grace_s: float = Field(default=300.0, ge=0.0, le=86_400.0)
+    audit_spool_path: Path | None = None
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:

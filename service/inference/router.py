@@ -10,13 +10,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from service.auth.models import ApiKey
-from service.db import session_scope
 from service.deps import HostDep, SettingsDep, require_scope
 from service.errors import PayloadInvalid
 from service.inference import service
 from service.inference.schemas import PredictBatch, PredictResponse, Sample
 from service.limits import parse_json
-from service.registry.audit import record_prediction
+from service.registry.audit import PredictionRecord
 
 router = APIRouter(tags=["inference"])
 
@@ -75,17 +74,18 @@ async def predict_route(
         modalities_missing=result.missing,
         caller=key.prefix if key is not None else None,
     )
-    with session_scope(request.app.state.session_factory) as session:
-        record_prediction(
-            session=session,
+    # Off the event loop and through database outages: the writer inserts (or spools) it.
+    request.app.state.audit_writer.submit(
+        PredictionRecord(
             request_id=request_id,
             task=task,
             version=loaded.id,
-            modalities_present=result.present,
+            modalities_present=tuple(result.present),
             latency_ms=latency_ms if math.isfinite(latency_ms) else 0.0,
             status_code=200,
             caller_key_id=key.id if key is not None else None,
         )
+    )
     return {
         "request_id": request_id,
         "task": result.task,

@@ -49,6 +49,7 @@ class LocalQueue:
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=maxsize)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.enqueued = 0  # jobs ever accepted (a job enqueued twice counts twice)
 
     def depth(self) -> int:
         return self._queue.qsize()
@@ -63,6 +64,8 @@ class LocalQueue:
             raise QueueFull(
                 f"the training queue is full ({self._queue.maxsize} jobs waiting); retry later"
             ) from None
+        with self._lock:
+            self.enqueued += 1
         self._ensure_worker()
 
     def join(self) -> None:

@@ -41,7 +41,9 @@ def submit_stage(
         dataset_id = getattr(request.datasets, split)
         if dataset_id is not None:
             registry.get_dataset(session=session, dataset_id=dataset_id)
-    job = registry.create_job(
+    # Two requests with one key can both get here; the loser of the insert gets the winner's job
+    # and `new` False, so the job is enqueued once.
+    return registry.create_or_get_job(
         session=session,
         kind=STAGE_KIND,
         request=request.model_dump(mode="json"),
@@ -49,7 +51,6 @@ def submit_stage(
         parent_version=parent.id,
         created_by=created_by,
     )
-    return job, True
 
 
 def job_out(job: Job) -> dict[str, Any]:

@@ -62,6 +62,28 @@ def create_job(
     created_by: str | None = None,
 ) -> Job:
     """A queued job, or the existing one when `idempotency_key` was already used for this request."""
+    job, _ = create_or_get_job(
+        session=session,
+        kind=kind,
+        request=request,
+        idempotency_key=idempotency_key,
+        parent_version=parent_version,
+        created_by=created_by,
+    )
+    return job
+
+
+def create_or_get_job(
+    *,
+    session: Session,
+    kind: str,
+    request: dict[str, Any],
+    idempotency_key: str | None = None,
+    parent_version: str | None = None,
+    created_by: str | None = None,
+) -> tuple[Job, bool]:
+    """`create_job`, and whether THIS call inserted the row. The unique constraint on the key is the
+    arbiter of a race: only the caller that created the job may enqueue it."""
     if not kind or len(kind) > 32:
         raise ValueError(f"kind must be 1-32 characters, got {kind!r}")
     if not isinstance(request, dict):
@@ -73,7 +95,7 @@ def create_job(
     if idempotency_key is not None:
         existing = _by_key(session, idempotency_key)
         if existing is not None:
-            return _same_request(existing, request)
+            return _same_request(existing, request), False
     job = Job(
         id=str(uuid.uuid4()),
         kind=kind,
@@ -93,8 +115,8 @@ def create_job(
         existing = _by_key(session, idempotency_key) if idempotency_key is not None else None
         if existing is None:
             raise
-        return _same_request(existing, request)
-    return job
+        return _same_request(existing, request), False
+    return job, True
 
 
 def _by_key(session: Session, key: str) -> Job | None:

@@ -35,6 +35,18 @@ def test_environment_overrides(monkeypatch):
         get_settings.cache_clear()
 
 
+def test_outage_settings_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLAME_AUTH_CACHE_TTL_S", "2.5")
+    monkeypatch.setenv("FLAME_AUTH_OUTAGE_GRACE_S", "60")
+    monkeypatch.setenv("FLAME_AUDIT_SPOOL_PATH", str(tmp_path / "spool.jsonl"))
+    s = Settings(_env_file=None)
+    assert (s.auth_cache_ttl_s, s.auth_outage_grace_s) == (2.5, 60.0)
+    assert s.audit_spool_path == tmp_path / "spool.jsonl"
+    monkeypatch.setenv("FLAME_AUTH_CACHE_TTL_S", "-1")
+    with pytest.raises(ValidationError, match="auth_cache_ttl_s"):
+        Settings(_env_file=None)
+
+
 @pytest.mark.parametrize(
     "var,value,field",
     [

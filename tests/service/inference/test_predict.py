@@ -177,6 +177,7 @@ def test_audit_row_without_payload(env):
     s = sample(env, 2, drop=("cxr",))
     r = post(env, "mortality", s, headers={"X-Request-ID": "audit-test-1"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "audit-test-1"
+    env["app"].state.audit_writer.flush()  # the row is written off the event loop
     with env["factory"]() as session:
         rows = [row for row in list_predictions(session=session) if row.request_id == "audit-test-1"]
     assert len(rows) == 1

@@ -42,8 +42,10 @@ def test_idempotency_race_lost_at_insert_returns_the_winner(session_factory, mon
 
     monkeypatch.setattr(jobs, "_by_key", blind_first_lookup)
     with session_factory.begin() as s:
-        job = registry.create_job(session=s, kind="stage", request=REQUEST, idempotency_key="k-2")
-        assert job.id == winner.id and len(calls) == 2
+        job, created = registry.create_or_get_job(
+            session=s, kind="stage", request=REQUEST, idempotency_key="k-2"
+        )
+        assert job.id == winner.id and len(calls) == 2 and created is False
     with session_factory() as s:
         assert s.query(Job).count() == 1
 
