@@ -21,12 +21,13 @@ serve: install
 demo: install
 	flame train --benchmark synthetic-icu --out runs/demo --epochs 15
 
-test: install install-system
+test: install install-system lint
 	$(PYTHON) -m pytest -q
 
 lint:
 	ruff check .
-	mypy flame_core
+	ruff format --check .
+	mypy flame_core service
 
 bench: install
 	$(PYTHON) bench/multitask.py --out bench/results/multitask.md

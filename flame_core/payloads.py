@@ -137,7 +137,7 @@ def _check_times(times: Any, field: str, n: int, spec: ModalitySpec) -> list[flo
     for i, t in enumerate(times):
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
             raise invalid(f"must be a finite number of hours, got {brief(t)}", f"{field}[{i}]", spec.name)
-        if not -MAX_ABS_TIME <= t <= MAX_ABS_TIME:
+        if not -MAX_ABS_TIME <= float(t) <= MAX_ABS_TIME:
             msg = f"{brief(t)} hours is outside the accepted range [{-MAX_ABS_TIME:g}, {MAX_ABS_TIME:g}]"
             raise invalid(msg, f"{field}[{i}]", spec.name)
         if t < prev:

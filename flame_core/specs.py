@@ -22,6 +22,16 @@ MAX_DECLARED_VALUE = 1e12
 ValueRange = tuple[float, float] | tuple[tuple[float, float] | None, ...]
 
 
+def _checked_pair(v: Any, where: str) -> tuple[float, float]:
+    """A finite `[low, high]` with low < high inside +-MAX_DECLARED_VALUE."""
+    if not _is_pair(v):
+        raise SpecError(f"must be [low, high], got {v!r}", where)
+    lo, hi = float(v[0]), float(v[1])
+    if not -MAX_DECLARED_VALUE <= lo < hi <= MAX_DECLARED_VALUE:
+        raise SpecError(f"{list(v)} needs low < high within +-{MAX_DECLARED_VALUE:g}", where)
+    return (lo, hi)
+
+
 def _is_pair(v: Any) -> bool:
     """[low, high] as two real numbers (a list from JSON, a tuple from Python)."""
     return (
@@ -72,18 +82,14 @@ class ModalitySpec:
             object.__setattr__(self, "value_range", checked)
 
     def _checked_range(self, vr: Any, where: str) -> ValueRange:
-        """`[low, high]` for every feature, or one `[low, high]` (or null) per feature, each finite with
-        low < high and inside +-MAX_DECLARED_VALUE."""
+        """`[low, high]` for every feature, or one `[low, high]` (or null) per feature."""
         if _is_pair(vr):
-            lo, hi = float(vr[0]), float(vr[1])
-            if not -MAX_DECLARED_VALUE <= lo < hi <= MAX_DECLARED_VALUE:
-                raise SpecError(f"{list(vr)} needs low < high within +-{MAX_DECLARED_VALUE:g}", where)
-            return (lo, hi)
+            return _checked_pair(vr, where)
         if self.kind not in ("timeseries", "tabular", "embedding"):
             raise SpecError(f"must be one [low, high] for a {self.kind} modality", where)
-        if len(vr) != self.dim:
-            raise SpecError(f"has {len(vr)} per-feature ranges; expected {self.dim} (the dim)", where)
-        return tuple(None if r is None else self._checked_range(r, f"{where}[{j}]") for j, r in enumerate(vr))
+        if not isinstance(vr, (list, tuple)) or len(vr) != self.dim:
+            raise SpecError(f"needs one [low, high] (or null) per feature, {self.dim} in all", where)
+        return tuple(None if r is None else _checked_pair(r, f"{where}[{j}]") for j, r in enumerate(vr))
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> ModalitySpec:

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from flame_core.heads import predict_outputs
 from flame_core.losses import task_loss
 from flame_core.metrics import PRIMARY_METRIC, task_metrics
 from flame_core.specs import SpecSet
+
+if TYPE_CHECKING:
+    from flame_core.model import Flame
 
 
 @dataclass
@@ -231,7 +234,7 @@ def fit(
     model_config: Any = None,
     train_config: TrainConfig | None = None,
     tasks: Sequence[str] | None = None,
-) -> tuple[torch.nn.Module, TrainResult]:
+) -> tuple[Flame, TrainResult]:
     """Build a fresh FLAME model for `tasks` (default: all labelled) and train it."""
     from flame_core.config import FlameConfig
     from flame_core.model import build_flame

@@ -89,7 +89,7 @@ def continual_command(
         except ValueError as e:
             raise _fail(str(e)) from None
     else:
-        if val is None or test is None or task_spec is None:
+        if data is None or val is None or test is None or task_spec is None:
             raise _fail("--data needs --val, --test and --task-spec")
         try:
             specs = SpecSet.load(task_spec)

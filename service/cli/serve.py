@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,7 +28,7 @@ DEMO_HELD_OUT = ("readmission",)
 TOKEN_FILE = "bootstrap-admin.token"  # beside the artifact root, when stdout is not a terminal
 # uvicorn's own access log prints raw request lines (paths, query strings): ours logs the route
 # template, status and latency instead (service.observability).
-UVICORN_OPTIONS = {"access_log": False}
+UVICORN_OPTIONS: dict[str, Any] = {"access_log": False}
 
 
 def run_migrations(database_url: str) -> None:

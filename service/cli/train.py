@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -96,7 +96,7 @@ def train_command(
         specs = bench.specs
         train_s, val_s, test_s = bench.splits["train"], bench.splits["val"], bench.splits.get("test")
     else:
-        if val is None or task_spec is None:
+        if data is None or val is None or task_spec is None:
             raise _fail("--data needs --val and --task-spec")
         try:
             specs = SpecSet.load(task_spec)
@@ -114,7 +114,7 @@ def train_command(
     except (ValueError, SpecError) as e:
         raise _fail(str(e)) from None
     sub = specs.subset(chosen)
-    report = {
+    report: dict[str, Any] = {
         "tasks": chosen,
         "best_epoch": result.best_epoch,
         "val": result.val_metrics,

@@ -95,11 +95,11 @@ def head_output(head: HeadSpec, value: torch.Tensor) -> dict[str, Any]:
         return out
     if head.type == "multilabel":
         names = list(head.labels) or [str(j) for j in range(head.classes)]
-        probs = {n: float(v) for n, v in zip(names, value, strict=True)}
+        named = {n: float(v) for n, v in zip(names, value, strict=True)}
         return {
             "type": "multilabel",
-            "probabilities": probs,
-            "labels": [n for n, p in probs.items() if p >= 0.5],
+            "probabilities": named,
+            "labels": [n for n, p in named.items() if p >= 0.5],
         }
     return {"type": "regression", "value": float(value)}
 
