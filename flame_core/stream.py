@@ -15,7 +15,7 @@ from flame_core.benchmarks.base import BenchmarkData
 from flame_core.collate import collate
 from flame_core.config import FlameConfig
 from flame_core.model import Flame, build_flame
-from flame_core.specs import SpecSet
+from flame_core.stage_fit import fit_stage
 from flame_core.strategies.base import Strategy
 from flame_core.training import TrainConfig, evaluate, seed_everything, train
 
@@ -116,37 +116,17 @@ def run_stream(
             result.at_truncation.append({})
             stage_params = serving = sum(p.numel() for p in model.parameters())
         else:
-            params = strategy.begin_stage(specs)
-            all_specs: SpecSet = module.specs  # type: ignore[union-attr,assignment]
-            train(
-                module,
-                all_specs,
+            fit = fit_stage(
+                strategy,
+                specs,
                 train_s,
                 val_s,
-                train_config,
-                tasks=tasks,
-                parameters=params,
-                penalty=strategy.penalty,
+                replace(train_config, seed=train_config.seed + t),
+                score=lambda ts, m=module: score_tasks(m, m.specs, test_s, ts, metric),  # grown specs
             )
-            result.before_end.append(score_tasks(module, all_specs, test_s, tasks, metric))
-            batch = collate(train_s, all_specs, tasks=tasks, tokenizer=model_config.tokenizer())
-            refit = strategy.compress(batch, tasks)
-            if refit is None:  # nothing was truncated: the scores are the ones just taken
-                result.at_truncation.append(dict(result.before_end[-1]))
-            else:
-                result.at_truncation.append(score_tasks(module, all_specs, test_s, tasks, metric))
-            if refit and strategy.refit_epochs > 0:
-                train(
-                    module,
-                    all_specs,
-                    train_s,
-                    val_s,
-                    replace(train_config, epochs=strategy.refit_epochs),
-                    tasks=tasks,
-                    parameters=refit,
-                    keep_initial=True,
-                )
-            info = strategy.end_stage(batch, tasks)
+            result.before_end.append(fit.before_end)
+            result.at_truncation.append(fit.at_truncation)
+            info = fit.info
             stage_params, serving = strategy.stage_parameters(), strategy.serving_parameters()
         seen += tasks
         module.eval()

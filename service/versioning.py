@@ -24,7 +24,9 @@ MANIFEST, WEIGHTS = "manifest", "weights"
 
 
 def version_files(cl: ContinualFlame) -> dict[str, bytes]:
-    manifest = json.dumps(continual_manifest(cl), sort_keys=True).encode()
+    # Insertion order kept (no sort_keys): modules are rebuilt in the order they were trained in,
+    # so a loaded version trains on exactly as the original would (same RNG draws per modality).
+    manifest = json.dumps(continual_manifest(cl)).encode()
     return {MANIFEST: manifest, WEIGHTS: save_safetensors(continual_tensors(cl))}
 
 

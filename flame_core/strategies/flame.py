@@ -27,6 +27,14 @@ class FlameStrategy(Strategy):
         self._stage_extra = 0
         return self.cl
 
+    @classmethod
+    def resume(cls, cl: ContinualFlame, **options: Any) -> FlameStrategy:
+        """The strategy continuing an existing continual model (a registered version, in the service)."""
+        strategy = cls(**options)
+        strategy.cl = strategy.module = cl
+        strategy._stage_extra = 0
+        return strategy
+
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
         params = self.cl.begin_stage(specs)
         self._stage_extra = numel(self.cl.new_parameters())  # new heads and new modalities' modules

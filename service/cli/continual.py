@@ -116,7 +116,8 @@ def continual_command(
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if isinstance(strat.module, ContinualFlame):
         cl = strat.module
-        record_training_ranges(cl.training_ranges, bench.splits["train"], cl.specs, list(cl.cursor))
+        pretrained = [t for t in cl.cursor if t not in cl.training_ranges]  # later stages recorded theirs
+        record_training_ranges(cl.training_ranges, bench.splits["train"], cl.specs, pretrained)
         save_continual(out / "model", cl, extra={"summary": summary})
     rows = [
         [f"after stage {i}"] + [m.get(t, float("nan")) for t in tasks] + [p]

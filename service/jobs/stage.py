@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from flame_core.collate import collate
 from flame_core.continual import ContinualFlame
-from flame_core.ranges import record_training_ranges
-from flame_core.statistics import routed_second_moments
-from flame_core.training import TrainConfig, evaluate, train
+from flame_core.stage_fit import fit_stage
+from flame_core.strategies.flame import FlameStrategy
+from flame_core.training import TrainConfig, evaluate
 from service.artifacts import ArtifactStore
 from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
 from service.db import session_scope
@@ -81,10 +79,8 @@ def _train_stage(
             raise ValueError(f"{split} dataset has no labels for the new tasks {unlabelled}")
 
     opts = request.options
-    epochs = opts.epochs
-    params = cl.begin_stage(new)
     config = TrainConfig(
-        epochs=epochs,
+        epochs=opts.epochs,
         batch_size=opts.batch_size,
         lr=opts.lr,
         patience=opts.patience,
@@ -99,31 +95,22 @@ def _train_stage(
             job_id,
             phase="training",
             epoch=record["epoch"],
-            epochs=epochs,
+            epochs=opts.epochs,
             loss=record["loss"],
             val_score=record["val_score"],
         )
 
-    result = train(cl, cl.specs, train_s, val_s, config, tasks=tasks, parameters=params, on_epoch=on_epoch)
-    _progress(session_factory, job_id, phase="truncating")
-    batch = collate(train_s, cl.specs, tasks=tasks, tokenizer=cl.config.tokenizer())
-    moments, _ = routed_second_moments(cl, cl.model, batch, tasks)
-    cl.compress(rank=opts.rank, energy=opts.energy, second_moments=moments)
-    if opts.refit_epochs:
-        _progress(session_factory, job_id, phase="refitting")
-        refit = replace(config, epochs=opts.refit_epochs)
-        train(
-            cl,
-            cl.specs,
-            train_s,
-            val_s,
-            refit,
-            tasks=tasks,
-            parameters=cl.stage_parameters(),
-            keep_initial=True,
-        )
-    stage = cl.end_stage()
-    record_training_ranges(cl.training_ranges, train_s, cl.specs, tasks)
+    strategy = FlameStrategy.resume(cl, rank=opts.rank, energy=opts.energy, refit_epochs=opts.refit_epochs)
+    fit = fit_stage(
+        strategy,
+        new,
+        train_s,
+        val_s,
+        config,
+        on_epoch=on_epoch,
+        on_phase=lambda phase: _progress(session_factory, job_id, phase=phase),
+    )
+    result, stage = fit.trained, cl.stages[-1]
     cl.to("cpu").eval()
     # Reported numbers are after truncation, one task per pass (as the service predicts).
     with torch.no_grad():

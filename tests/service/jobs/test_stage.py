@@ -152,3 +152,34 @@ def test_stage_specs_resolve_known_and_inline_modalities(icu):  # type: ignore[n
                 "tasks": [{"name": "x", "modalities": ["labs"], "head": {"type": "binary"}}],
             },
         )
+
+
+def test_service_job_and_stream_runner_fit_the_same_stage(
+    session_factory, store, settings, icu, v1, pretrained
+):  # type: ignore[no-untyped-def]
+    """One stage procedure (`flame_core.stage_fit.fit_stage`): the benchmark runner and the service's
+    job, from the same parent, data and seed, produce the same stage bit for bit."""
+    from flame_core.benchmarks.base import BenchmarkData
+    from flame_core.checkpoint import continual_tensors
+    from flame_core.strategies import build_strategy
+    from flame_core.stream import run_stream
+    from flame_core.training import TrainConfig
+
+    options = {"epochs": 2, "rank": "auto", "energy": 0.9, "refit_epochs": 1, "seed": 1}
+    job_id = _job(session_factory, store, icu, v1, [LOS], options=options)
+    assert run_stage(job_id, session_factory=session_factory, store=store, settings=settings) == "v2"
+    with session_factory() as s:
+        served = load_version(store, registry.get_version(session=s, version="v2"))
+
+    splits = {k: only_labels(icu.splits[k], ["los"]) for k in ("train", "val", "test")}
+    data = BenchmarkData(name="icu", specs=icu.specs.subset(["mortality", "los"]), splits=splits)
+    strategy = build_strategy("flame", rank="auto", energy=0.9, refit_epochs=1)
+    config = TrainConfig(epochs=2, batch_size=64, lr=2e-3, patience=5, seed=0, device="cpu", progress=False)
+    run_stream(
+        strategy, data, [["mortality"], ["los"]], train_config=config, pretrained=pretrained["cl"].model
+    )
+    benchmarked = strategy.module  # stage 1 ran with seed 0 + 1, as the job's seed 1
+
+    a, b = continual_tensors(served), continual_tensors(benchmarked)
+    assert a.keys() == b.keys() and any(k.startswith("stage1.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
