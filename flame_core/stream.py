@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,11 @@ def score_tasks(module, specs, samples, tasks, metric) -> dict[str, float]:  # t
     return out
 
 
+def _score_now(module, samples, metric, tasks) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """`score_tasks` on the module's specs as they are at the call (a stage grows them)."""
+    return score_tasks(module, module.specs, samples, tasks, metric)
+
+
 def run_stream(
     strategy: Strategy,
     data: BenchmarkData,
@@ -122,7 +128,7 @@ def run_stream(
                 train_s,
                 val_s,
                 replace(train_config, seed=train_config.seed + t),
-                score=lambda ts, m=module: score_tasks(m, m.specs, test_s, ts, metric),  # grown specs
+                score=partial(_score_now, module, test_s, metric),
             )
             result.before_end.append(fit.before_end)
             result.at_truncation.append(fit.at_truncation)
