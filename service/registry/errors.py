@@ -60,6 +60,19 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class LeaseLost(Conflict):
+    """The job is no longer this attempt's: it was re-queued (a stale heartbeat), taken over or finished
+    elsewhere. The attempt stops and writes nothing more; whoever holds the job now finishes it."""
+
+    code = "lease_lost"
+
+
+class JobCancelled(Conflict):
+    """A running job was asked to stop (`POST /jobs/{id}/cancel`); raised at its next epoch boundary."""
+
+    code = "job_cancelled"
+
+
 class CapacityExceeded(Conflict):
     """A stage would push some weight's cumulative reserved rank past the configured budget."""
 

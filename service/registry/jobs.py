@@ -1,9 +1,10 @@
-"""Training jobs: queued -> running -> succeeded | failed, with idempotent creation.
+"""Training jobs: queued -> running -> succeeded | failed | cancelled, with idempotent creation.
 
 A client that retries `POST /tasks` with the same Idempotency-Key gets the job it created the first
 time; the same key with a different request is a Conflict (it is a client bug, not a retry).
-Workers may be redelivered a job they already started (Celery acks late), so `mark_running` accepts
-a running job again and counts the attempt; finished jobs never change.
+Who may run a job, and for how long, is `service.registry.leases`; writes of a running attempt that
+pass `attempt=` are refused (`LeaseLost`) once the job is no longer that attempt's. Finished jobs
+never change.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
-from service.registry.errors import Conflict, JobNotFound
+from service.registry.errors import Conflict, JobNotFound, LeaseLost
 from service.registry.lineage import get_version
-from service.registry.models import JOB_STATES, Job
+from service.registry.models import FINISHED_JOB_STATES, JOB_STATES, Job
 
 MAX_ERROR_CHARS = 8000
 
@@ -36,13 +37,28 @@ def get_job(*, session: Session, job_id: str, for_update: bool = False) -> Job:
     return row
 
 
-def list_jobs(*, session: Session, state: str | None = None, limit: int = 100) -> list[Job]:
-    """Newest first, optionally of one state."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+def list_jobs(
+    *,
+    session: Session,
+    state: str | None = None,
+    kind: str | None = None,
+    created_by: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Job]:
+    """Newest first (ties by id), optionally of one state, kind and creator; a page of `limit` rows
+    from `offset`."""
+    if limit < 1 or offset < 0:
+        raise ValueError(f"limit must be >= 1 and offset >= 0, got {limit} and {offset}")
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
     if state is not None:
         if state not in JOB_STATES:
             raise ValueError(f"state must be one of {list(JOB_STATES)}, got {state!r}")
         query = query.where(Job.state == state)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if created_by is not None:
+        query = query.where(Job.created_by == created_by)
     return list(session.scalars(query))
 
 
@@ -140,16 +156,30 @@ def mark_running(*, session: Session, job_id: str) -> Job:
     job.state = "running"
     job.attempts += 1
     job.started_at = job.started_at or utcnow()
+    job.heartbeat_at = utcnow()
     session.flush()
     return job
 
 
-def update_progress(*, session: Session, job_id: str, progress: dict[str, Any]) -> Job:
-    """Merge `progress` (e.g. {"epoch": 3, "of": 10, "loss": 0.41}) into the running job's progress."""
+def _check_attempt(job: Job, attempt: int | None) -> None:
+    if attempt is not None and (job.state != "running" or job.attempts != attempt):
+        raise LeaseLost(
+            f"job {job.id} is {job.state} at attempt {job.attempts}; attempt {attempt} no longer holds it",
+            field="state",
+        )
+
+
+def update_progress(
+    *, session: Session, job_id: str, progress: dict[str, Any], attempt: int | None = None
+) -> Job:
+    """Merge `progress` (e.g. {"epoch": 3, "of": 10, "loss": 0.41}) into the running job's progress;
+    a report is also a heartbeat. With `attempt`, LeaseLost unless that attempt still holds the job."""
     job = get_job(session=session, job_id=job_id, for_update=True)
+    _check_attempt(job, attempt)
     if job.state != "running":
         raise Conflict(f"job {job_id} is {job.state}; only a running job reports progress", field="state")
     job.progress = {**job.progress, **progress}  # a new dict, so the JSON column is marked dirty
+    job.heartbeat_at = utcnow()
     session.flush()
     return job
 
@@ -166,17 +196,21 @@ def mark_succeeded(
     job.result_version = result_version
     job.metrics = dict(metrics or {})
     job.finished_at = utcnow()
+    job.heartbeat_at = None
     session.flush()
     return job
 
 
-def mark_failed(*, session: Session, job_id: str, error: str) -> Job:
-    """Record the failure; `error` is shown to the client, so it must not carry patient data."""
+def mark_failed(*, session: Session, job_id: str, error: str, attempt: int | None = None) -> Job:
+    """Record the failure; `error` is shown to the client, so it must not carry patient data. With
+    `attempt`, only while that attempt holds the job (a given-up attempt cannot fail its successor)."""
     job = get_job(session=session, job_id=job_id, for_update=True)
-    if job.state in ("succeeded", "failed"):
+    _check_attempt(job, attempt)
+    if job.state in FINISHED_JOB_STATES:
         raise Conflict(f"job {job_id} already {job.state}", field="state")
     job.state = "failed"
     job.error = error[:MAX_ERROR_CHARS]
     job.finished_at = utcnow()
+    job.heartbeat_at = None
     session.flush()
     return job

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -28,7 +29,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from service.db import Base, UTCDateTime, utcnow
 
 VERSION_STATUSES = ("ready", "retired")
-JOB_STATES = ("queued", "running", "succeeded", "failed")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
 MODALITY_KINDS = ("timeseries", "tabular", "text", "embedding", "image")
 
 
@@ -159,10 +161,14 @@ class Job(Base):
     parent_version: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
     result_version: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
     created_by: Mapped[str | None] = mapped_column(String(128))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far; the running one's number
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The lease (service.registry.leases): the running attempt touches heartbeat_at; a reaper re-queues
+    # a running job whose heartbeat is older than the timeout. cancel_requested stops it at an epoch.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class PredictionAudit(Base):

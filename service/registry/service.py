@@ -21,6 +21,17 @@ from service.registry.jobs import (
     mark_succeeded,
     update_progress,
 )
+from service.registry.leases import (
+    claim_job,
+    heartbeat,
+    hold_lease,
+    mark_cancelled,
+    release,
+    request_cancel,
+    requeue_stale,
+    stale_jobs,
+    unfinished_jobs,
+)
 from service.registry.lineage import get_version, lineage, lineage_ids, list_versions
 from service.registry.records import ComponentRecord, ModalityRecord, TaskRecord
 from service.registry.tasks import get_task, list_modalities, list_tasks, update_model_card
@@ -43,6 +54,7 @@ __all__ = [
     "TaskRecord",
     "alias_history",
     "check_capacity",
+    "claim_job",
     "count_jobs_by_state",
     "create_dataset",
     "create_job",
@@ -52,6 +64,8 @@ __all__ = [
     "get_job",
     "get_task",
     "get_version",
+    "heartbeat",
+    "hold_lease",
     "lineage",
     "lineage_ids",
     "list_aliases",
@@ -63,15 +77,21 @@ __all__ = [
     "list_tasks",
     "list_versions",
     "manifest_digest",
+    "mark_cancelled",
     "mark_failed",
     "mark_running",
     "mark_succeeded",
     "move_alias",
     "record_prediction",
     "register_version",
+    "release",
+    "request_cancel",
+    "requeue_stale",
     "reserved_rank",
     "resolve_alias",
     "retire_version",
+    "stale_jobs",
+    "unfinished_jobs",
     "update_model_card",
     "update_progress",
 ]

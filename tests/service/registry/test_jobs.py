@@ -97,6 +97,7 @@ def test_failures_are_recorded_and_counted(session):
         "running": 1,
         "succeeded": 0,
         "failed": 1,
+        "cancelled": 0,
     }
     assert [j.id for j in registry.list_jobs(session=session, state="failed")] == [a.id]
     with pytest.raises(Conflict, match="only a running job can succeed"):
