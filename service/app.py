@@ -1,9 +1,11 @@
 """The FastAPI application: `create_app(settings)`; global state lives only in its lifespan.
 
-The lifespan builds the engine, session factory, artifact store, ModelHost, API-key cache and audit
-writer on `app.state`, loads the `active` version, and polls the alias every `RELOAD_INTERVAL_S` so
-a version committed by a worker (or a rollback) is served without a restart; shutdown flushes the
-audit writer. Importing this module does nothing heavy.
+The lifespan builds the engine, session factory, artifact store, ModelHost, API-key cache, audit
+writer, the in-process job queue (without Redis) and the job reaper on `app.state`, and loads the
+`active` version, and polls the alias every `RELOAD_INTERVAL_S` so a version committed by a worker
+(or a rollback) is served without a restart. The in-process queue re-enqueues the jobs an earlier process
+left unfinished. Shutdown hands a running in-process job back to the queue and flushes the audit
+writer. Importing this module does nothing heavy.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,6 +30,8 @@ from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.inference.audit_writer import AuditWriter
 from service.inference.host import ModelHost
 from service.inference.router import router as inference_router
+from service.jobs.queue import LocalQueue, enqueue
+from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
 from service.limits import ContentTypeMiddleware
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
@@ -87,6 +92,26 @@ async def _watch_alias(host: ModelHost, interval: float) -> None:
             log.exception("alias watch failed")
 
 
+def _start_jobs(app: FastAPI, settings: Settings) -> None:
+    """The in-process queue (only without Redis), recovered from the database, and the reaper."""
+    factory = app.state.session_factory
+    queue = None
+    if settings.redis_url is None:
+        queue = LocalQueue(
+            session_factory=factory,
+            store=app.state.store,
+            settings=settings,
+            on_success=app.state.host.reload_if_changed,  # this replica serves a stage it just ran
+        )
+        try:
+            queue.recover()
+        except Exception:  # noqa: BLE001 - start anyway; the reaper picks up stale jobs later
+            log.exception("re-enqueueing unfinished jobs failed")
+    app.state.job_queue = queue
+    requeue = partial(enqueue, settings=settings, local=queue, force=True)
+    app.state.reaper = Reaper(session_factory=factory, settings=settings, requeue=requeue).start()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -110,12 +135,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except Exception:  # noqa: BLE001 - start anyway; /readyz says why it is not ready
         log.exception("initial model load failed")
     watcher = asyncio.create_task(_watch_alias(app.state.host, app.state.reload_interval_s))
+    await run_in_threadpool(_start_jobs, app, settings)
     try:
         yield
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        await run_in_threadpool(app.state.reaper.stop)
+        if app.state.job_queue is not None:
+            await run_in_threadpool(app.state.job_queue.stop)  # the running job goes back to the queue
         await run_in_threadpool(app.state.audit_writer.stop)  # flushes queued audit rows
         engine.dispose()
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -54,6 +54,25 @@ class Settings(BaseSettings):
     auth_outage_grace_s: float = Field(default=300.0, ge=0.0, le=86_400.0)
     audit_spool_path: Path | None = None
 
+    # training jobs (service.registry.leases): every progress report of a running job is a heartbeat,
+    # and a background thread beats every job_heartbeat_timeout_s / 4 through slow epochs. A job
+    # whose heartbeat is older than the timeout lost its worker: a reaper (every timeout / 2, in each
+    # API process and each worker) re-queues it, or fails it once it has had job_max_attempts. The
+    # Celery broker redelivers an unacknowledged job after job_visibility_timeout_s: above the
+    # longest stage, so a long stage is never started twice by the broker.
+    job_heartbeat_timeout_s: float = Field(default=120.0, ge=0.5, le=86_400.0)
+    job_max_attempts: PositiveInt = 3
+    job_visibility_timeout_s: PositiveInt = 12 * 3600
+
+    @model_validator(mode="after")
+    def _visibility_above_heartbeat(self) -> Settings:
+        if self.job_visibility_timeout_s <= self.job_heartbeat_timeout_s:
+            raise ValueError(
+                f"job_visibility_timeout_s ({self.job_visibility_timeout_s}) must exceed "
+                f"job_heartbeat_timeout_s ({self.job_heartbeat_timeout_s})"
+            )
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -79,6 +98,14 @@ class Settings(BaseSettings):
         if value.upper() not in _LOG_LEVELS:
             raise ValueError(f"log_level must be one of {sorted(_LOG_LEVELS)}, got {value!r}")
         return value.upper()
+
+    @property
+    def job_heartbeat_interval_s(self) -> float:
+        return self.job_heartbeat_timeout_s / 4
+
+    @property
+    def job_reap_interval_s(self) -> float:
+        return self.job_heartbeat_timeout_s / 2
 
 
 @lru_cache(maxsize=1)

@@ -7,13 +7,29 @@ No `from __future__ import annotations` here: FastAPI must resolve the `Annotate
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from service.auth.models import ApiKey
 from service.deps import SessionDep, SessionFactoryDep, SettingsDep, StoreDep
 from service.deps import require_scope as require_key
+from service.jobs.queue import LocalQueue
 
-__all__ = ["SessionDep", "SessionFactoryDep", "SettingsDep", "StoreDep", "require_scope"]
+__all__ = [
+    "JobQueueDep",
+    "SessionDep",
+    "SessionFactoryDep",
+    "SettingsDep",
+    "StoreDep",
+    "require_scope",
+]
+
+
+def get_job_queue(request: Request) -> LocalQueue | None:
+    """The app's in-process queue (None when jobs go to Celery)."""
+    return getattr(request.app.state, "job_queue", None)
+
+
+JobQueueDep = Annotated[LocalQueue | None, Depends(get_job_queue)]
 
 
 def require_scope(scope: str) -> Callable[..., str]:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 
 from service.jobs import service
-from service.jobs.deps import SessionDep, SessionFactoryDep, SettingsDep, StoreDep, require_scope
+from service.jobs.deps import (
+    JobQueueDep,
+    SessionDep,
+    SettingsDep,
+    require_scope,
+)
 from service.jobs.queue import QueueFull, enqueue, has_room
 from service.jobs.schemas import (
     ActivateOut,
     ActivateRequest,
     JobAccepted,
     JobOut,
+    JobPage,
     StageRequest,
     TaskOut,
     VersionDetail,
@@ -26,6 +32,7 @@ TrainCaller = Annotated[str, Depends(require_scope("train"))]
 AdminCaller = Annotated[str, Depends(require_scope("admin"))]
 VersionQuery = Annotated[str | None, Query(max_length=32)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 @router.post("/tasks", status_code=202, response_model=JobAccepted)
@@ -33,8 +40,7 @@ def submit_task(
     body: StageRequest,
     session: SessionDep,
     settings: SettingsDep,
-    store: StoreDep,
-    factory: SessionFactoryDep,
+    job_queue: JobQueueDep,
     caller: TrainCaller,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
@@ -42,13 +48,13 @@ def submit_task(
     job, new = service.submit_stage(
         session=session, request=body, idempotency_key=idempotency_key, created_by=caller
     )
-    if new and not has_room(settings):
+    if new and not has_room(settings, job_queue):
         session.rollback()
         raise QueueFull("the training queue is full; retry later")
     session.commit()
     if new:
         try:
-            enqueue(job.id, settings=settings, session_factory=factory, store=store)
+            enqueue(job.id, settings=settings, local=job_queue)
         except QueueFull as e:
             registry.mark_failed(session=session, job_id=job.id, error=e.message)
             session.commit()
@@ -56,9 +62,34 @@ def submit_task(
     return {"job_id": job.id, "state": "queued" if new else job.state}
 
 
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    _: TrainCaller,
+    state: JobState | None = None,
+    kind: Annotated[str | None, Query(max_length=32)] = None,
+    created_by: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Jobs newest first, filtered by state, kind and creator; page on with `next_offset`."""
+    return service.list_jobs_page(
+        session=session, state=state, kind=kind, created_by=created_by, limit=limit, offset=offset
+    )
+
+
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, session: SessionDep, _: TrainCaller) -> Any:
     return service.job_out(registry.get_job(session=session, job_id=job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, session: SessionDep, caller: TrainCaller) -> Any:
+    """Cancel a queued job at once; a running one stops at its next epoch (`cancel_requested` until
+    then) and registers nothing. A succeeded or failed job is a 409."""
+    job = registry.request_cancel(session=session, job_id=job_id, by=caller)
+    session.commit()
+    return service.job_out(job)
 
 
 def _version(session: Any, version: str | None) -> str:

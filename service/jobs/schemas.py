@@ -66,10 +66,21 @@ class JobOut(BaseModel):
     parent_version: str | None
     result_version: str | None
     attempts: int
+    cancel_requested: bool
     created_by: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobPage(BaseModel):
+    """`GET /jobs`: newest first; the next page starts at `next_offset` (null on the last page)."""
+
+    jobs: list[JobOut]
+    limit: int
+    offset: int
+    next_offset: int | None
 
 
 class TaskOut(BaseModel):

@@ -64,10 +64,34 @@ def job_out(job: Job) -> dict[str, Any]:
         "parent_version": job.parent_version,
         "result_version": job.result_version,
         "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
         "created_by": job.created_by,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "heartbeat_at": job.heartbeat_at,
+    }
+
+
+def list_jobs_page(
+    *,
+    session: Session,
+    state: str | None,
+    kind: str | None,
+    created_by: str | None,
+    limit: int,
+    offset: int,
+) -> dict[str, Any]:
+    """A page of jobs, newest first; one extra row is read to know whether another page follows."""
+    rows = registry.list_jobs(
+        session=session, state=state, kind=kind, created_by=created_by, limit=limit + 1, offset=offset
+    )
+    more = len(rows) > limit
+    return {
+        "jobs": [job_out(j) for j in rows[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
     }
 
 

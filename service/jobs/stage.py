@@ -1,16 +1,20 @@
 """`run_stage(job_id)`: one continual stage, from a queued job to a registered model version.
 
-The plain, idempotent function behind the Celery task and the in-process queue. A finished job is
-never run again; a redelivered running job (the worker died) runs again from its parent version.
-The new version and the job's success commit in ONE transaction; any failure marks the job failed
-with its message and changes nothing else (blobs written before the failure are unreferenced).
+The plain, idempotent function behind the Celery task and the in-process queue. It runs only a job
+it claims (`registry.claim_job`): a queued one, or a running one whose heartbeat went stale (the
+worker died); a finished job, or one another worker holds with a fresh heartbeat, is left alone.
+While it trains, a `Lease` heartbeats and checks at every epoch for a cancel request, a lost lease
+or a shutdown. The new version and the job's success commit in ONE transaction that first checks
+the attempt still holds the job, so one job makes at most one version; any failure marks the job
+failed with its message and changes nothing else (blobs written before the failure are unreferenced).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -22,32 +26,17 @@ from flame_core.strategies.flame import FlameStrategy
 from flame_core.training import TrainConfig, evaluate
 from service.artifacts import ArtifactStore
 from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
-from service.db import session_scope
+from service.db import session_scope, utcnow
+from service.jobs.lease import Lease, ShuttingDown, plain
 from service.jobs.schemas import StageRequest
 from service.jobs.specs import stage_specs
 from service.observability import JOB_DURATION, JOBS
 from service.registry import service as registry
-from service.registry.errors import Conflict
+from service.registry.errors import Conflict, JobCancelled, LeaseLost
 from service.settings import Settings
 from service.versioning import load_version, stage_records, version_files
 
 log = logging.getLogger(__name__)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe metrics: NaN/inf become None (PostgreSQL's JSON refuses them)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
-
-
-def _progress(session_factory: sessionmaker[Session], job_id: str, **progress: Any) -> None:
-    with session_scope(session_factory) as session:
-        registry.update_progress(session=session, job_id=job_id, progress=_plain(progress))
 
 
 def _load_split(session_factory, store, dataset_id, specs, tasks, split):  # type: ignore[no-untyped-def]
@@ -60,7 +49,7 @@ def _load_split(session_factory, store, dataset_id, specs, tasks, split):  # typ
 
 
 def _train_stage(
-    job_id: str, request: StageRequest, parent_id: str, *, session_factory, store, settings
+    lease: Lease, request: StageRequest, parent_id: str, *, session_factory, store, settings
 ) -> tuple[ContinualFlame, int, dict[str, Any]]:  # type: ignore[no-untyped-def]
     with session_scope(session_factory) as session:
         parent = registry.get_version(session=session, version=parent_id)
@@ -89,10 +78,8 @@ def _train_stage(
         progress=False,
     )
 
-    def on_epoch(record: dict[str, Any]) -> None:
-        _progress(
-            session_factory,
-            job_id,
+    def on_epoch(record: dict[str, Any]) -> None:  # each epoch boundary: heartbeat, cancel, shutdown
+        lease.report(
             phase="training",
             epoch=record["epoch"],
             epochs=opts.epochs,
@@ -108,7 +95,7 @@ def _train_stage(
         val_s,
         config,
         on_epoch=on_epoch,
-        on_phase=lambda phase: _progress(session_factory, job_id, phase=phase),
+        on_phase=lambda phase: lease.report(phase=phase),
     )
     result, stage = fit.trained, cl.stages[-1]
     cl.to("cpu").eval()
@@ -124,60 +111,92 @@ def _train_stage(
         "stage_params": stage.stored_numel(),
         "evaluated_on": "test" if ds.test else "validation",
     }
-    return cl, len(cl.stages) - 1, _plain(summary)
+    return cl, len(cl.stages) - 1, plain(summary)
 
 
 def run_stage(
-    job_id: str, *, session_factory: sessionmaker[Session], store: ArtifactStore, settings: Settings
+    job_id: str,
+    *,
+    session_factory: sessionmaker[Session],
+    store: ArtifactStore,
+    settings: Settings,
+    stop: threading.Event | None = None,
 ) -> str | None:
-    """Run the job's stage; return the new version id (None if the job failed)."""
+    """Run the job's stage; return the new version id (None if the job failed, was cancelled, was
+    handed back because `stop` was set, or is not this call's to run)."""
+    stale_before = utcnow() - timedelta(seconds=settings.job_heartbeat_timeout_s)
     with session_scope(session_factory) as session:
-        job = registry.get_job(session=session, job_id=job_id)
-        if job.state == "succeeded":
-            return job.result_version
-        if job.state == "failed":
-            return None
-        registry.mark_running(session=session, job_id=job_id)
-        raw_request, parent_id = dict(job.request), job.parent_version
+        job, claimed = registry.claim_job(
+            session=session, job_id=job_id, stale_before=stale_before, max_attempts=settings.job_max_attempts
+        )
+        if not claimed:
+            return job.result_version if job.state == "succeeded" else None
+        raw_request, parent_id, attempt = dict(job.request), job.parent_version, job.attempts
     JOBS.labels("running").inc()
     started = time.perf_counter()
+    lease = Lease(
+        job_id=job_id,
+        attempt=attempt,
+        session_factory=session_factory,
+        interval_s=settings.job_heartbeat_interval_s,
+        stop=stop,
+    )
     try:
-        request = StageRequest.model_validate(raw_request)
-        if parent_id is None:
-            raise ValueError("the job has no parent version; a stage continues an existing model")
-        cl, index, summary = _train_stage(
-            job_id, request, parent_id, session_factory=session_factory, store=store, settings=settings
-        )
-        _progress(session_factory, job_id, phase="registering")
-        components, tasks, modalities = stage_records(cl, index, summary["tasks"])
-        with session_scope(session_factory) as session:
-            version = registry.register_version(
-                session=session,
-                store=store,
-                parent=parent_id,
-                files=version_files(cl),
-                moved_by=f"job:{job_id}",
-                components=components,
-                tasks=tasks,
-                modalities=modalities,
-                move_alias="active" if request.options.activate else None,
-                reason=f"stage {index}: {', '.join(t.name for t in tasks)}",
-                rank_budget=settings.capacity_rank_budget,
+        with lease:
+            request = StageRequest.model_validate(raw_request)
+            if parent_id is None:
+                raise ValueError("the job has no parent version; a stage continues an existing model")
+            cl, index, summary = _train_stage(
+                lease, request, parent_id, session_factory=session_factory, store=store, settings=settings
             )
-            registry.mark_succeeded(
-                session=session, job_id=job_id, result_version=version.id, metrics={**summary, "stage": index}
-            )
-        JOBS.labels("succeeded").inc()
-        JOB_DURATION.labels("succeeded").observe(time.perf_counter() - started)
+            lease.report(phase="registering")
+            components, tasks, modalities = stage_records(cl, index, summary["tasks"])
+            with session_scope(session_factory) as session:
+                registry.hold_lease(session=session, job_id=job_id, attempt=attempt)  # one job, one version
+                version = registry.register_version(
+                    session=session,
+                    store=store,
+                    parent=parent_id,
+                    files=version_files(cl),
+                    moved_by=f"job:{job_id}",
+                    components=components,
+                    tasks=tasks,
+                    modalities=modalities,
+                    move_alias="active" if request.options.activate else None,
+                    reason=f"stage {index}: {', '.join(t.name for t in tasks)}",
+                    rank_budget=settings.capacity_rank_budget,
+                )
+                metrics = {**summary, "stage": index}
+                registry.mark_succeeded(
+                    session=session, job_id=job_id, result_version=version.id, metrics=metrics
+                )
+        _count("succeeded", started)
         return version.id
+    except JobCancelled:
+        _end(session_factory, job_id, "cancelled", started, registry.mark_cancelled, attempt=attempt)
+    except ShuttingDown:
+        _end(session_factory, job_id, "released", started, registry.release, attempt=attempt)
+    except LeaseLost as e:
+        log.warning("job %s: attempt %d stops without writing: %s", job_id, attempt, e.message)
     except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
         log.exception("job %s failed", job_id)
         message = f"{type(e).__name__}: {e}"
-        JOBS.labels("failed").inc()
-        JOB_DURATION.labels("failed").observe(time.perf_counter() - started)
-        try:
-            with session_scope(session_factory) as session:
-                registry.mark_failed(session=session, job_id=job_id, error=message)
-        except Conflict:
-            log.warning("job %s finished elsewhere; its failure here is not recorded", job_id)
-        return None
+        _end(session_factory, job_id, "failed", started, registry.mark_failed, attempt=attempt, error=message)
+    return None
+
+
+def _count(state: str, started: float) -> None:
+    JOBS.labels(state).inc()
+    JOB_DURATION.labels(state).observe(time.perf_counter() - started)
+
+
+def _end(session_factory, job_id: str, state: str, started: float, record, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+    """Record how the attempt ended, unless the job moved on without it (another attempt holds it)."""
+    try:
+        with session_scope(session_factory) as session:
+            record(session=session, job_id=job_id, **kwargs)
+    except Conflict as e:
+        log.warning("job %s: not recorded as %s: %s", job_id, state, e.message)
+        return
+    if state != "released":  # handed back to the queue: not a state a job ends in
+        _count(state, started)

@@ -7,6 +7,8 @@ test registers it afresh as v1 on clean tables of the real database (SQLite and 
 from __future__ import annotations
 
 import copy
+import json
+import time
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from flame_core.training import TrainConfig, train
 from flame_core.validation import validate_dataset
 from service.datasets.router import router as datasets_router
 from service.errors import install_error_handlers
-from service.jobs.queue import local_queue
+from service.jobs.queue import LocalQueue
 from service.jobs.router import router as jobs_router
 from service.registry import service as registry
 from service.settings import Settings
@@ -85,6 +87,7 @@ def make_app(settings: Settings, session_factory, store) -> FastAPI:  # type: ig
     """The routers on a bare app with the lifespan state and the error handlers the real app has."""
     app = FastAPI()
     app.state.settings, app.state.session_factory, app.state.store = settings, session_factory, store
+    app.state.job_queue = LocalQueue(session_factory=session_factory, store=store, settings=settings)
     app.include_router(jobs_router)
     app.include_router(datasets_router)
     install_error_handlers(app)
@@ -102,4 +105,50 @@ def settings(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
 def client(settings, session_factory, store):  # type: ignore[no-untyped-def]
     with TestClient(make_app(settings, session_factory, store)) as c:
         yield c
-    local_queue.join()  # no job may outlive the tables it writes to
+    drain(c)  # no job may outlive the tables it writes to
+    c.app.state.job_queue.stop()
+
+
+def drain(client: TestClient) -> None:
+    """Wait until the app's in-process queue has run every job it holds."""
+    client.app.state.job_queue.join()  # type: ignore[attr-defined]
+
+
+def stage_job(session_factory, store, icu, *, parent: str = "v1", task: dict | None = None, **options) -> str:  # type: ignore[no-untyped-def]
+    """A queued stage job for `task` (default LOS) on the icu train/val splits; returns its id."""
+    task = task or LOS
+    ids = {}
+    with session_factory.begin() as s:
+        for split in ("train", "val"):
+            samples = [
+                {**x, "labels": {task["name"]: x["labels"]["los"]}}
+                for x in icu.splits[split]
+                if x["labels"].get("los") is not None
+            ]
+            data = "\n".join(json.dumps(x) for x in samples).encode()
+            ids[split] = registry.create_dataset(
+                session=s, store=store, name=split, content=data, n_samples=len(samples)
+            ).id
+        request = {
+            "tasks": [task],
+            "datasets": {"train": ids["train"], "validation": ids["val"]},
+            "options": {"epochs": 1, "seed": 0, **options},
+        }
+        return registry.create_job(session=s, kind="stage", request=request, parent_version=parent).id
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll `predicate()` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
+        time.sleep(every)
+
+
+def job_row(session_factory, job_id: str):  # type: ignore[no-untyped-def]
+    with session_factory() as s:
+        return registry.get_job(session=s, job_id=job_id)

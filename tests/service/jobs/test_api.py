@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.jobs.queue import local_queue
-
-from .conftest import LOS, only_labels
+from .conftest import LOS, drain, only_labels
 
 
 def _upload(client, samples, **params):  # type: ignore[no-untyped-def]
@@ -37,7 +35,7 @@ def test_post_task_runs_stage_and_rollback_moves_active_back(client, icu, v1):  
     job_id = r.json()["job_id"]
     again = client.post("/tasks", json=body, headers={"Idempotency-Key": "stage-los-1"})
     assert again.status_code == 202 and again.json()["job_id"] == job_id
-    local_queue.join()
+    drain(client)
     job = client.get(f"/jobs/{job_id}").json()
     assert job["state"] == "succeeded" and job["result_version"] == "v2" and job["parent_version"] == "v1"
     assert job["progress"]["epoch"] == 1 and job["metrics"]["evaluated_on"] == "validation"
@@ -82,13 +80,13 @@ def test_same_key_different_request_conflicts_and_bad_specs_422(client, icu, v1)
     negative = {**body, "options": {"refit_epochs": -1}}
     r = client.post("/tasks", json=negative)
     assert r.status_code == 422 and r.json()["error"]["field"] == "options.refit_epochs", r.text
-    local_queue.join()
+    drain(client)
 
 
 def test_failed_job_keeps_error_and_versions(client, icu, v1, settings):  # type: ignore[no-untyped-def]
     settings.capacity_rank_budget = 1
     r = client.post("/tasks", json=_stage_body(client, icu, rank=3))
-    local_queue.join()
+    drain(client)
     job = client.get(f"/jobs/{r.json()['job_id']}").json()
     assert job["state"] == "failed" and "budget" in job["error"] and job["result_version"] is None
     assert [m["version"] for m in client.get("/models").json()] == ["v1"]

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 from sqlalchemy import func, select
 
-from service.jobs.queue import TASK_NAME, local_queue
+from service.jobs.queue import TASK_NAME
 from service.registry.models import Job
 
-from .conftest import LOS, only_labels
+from .conftest import LOS, drain, only_labels
 
 N = 20
 REDIS_URL = os.environ.get("FLAME_TEST_REDIS_QUEUE_URL", "redis://127.0.0.1:6379/13")
@@ -89,13 +89,14 @@ def test_concurrent_same_key_makes_one_job_enqueued_once_on_redis(client, icu, v
 
 def test_concurrent_same_key_on_the_in_process_queue_while_a_job_writes(client, icu, v1, session_factory):  # type: ignore[no-untyped-def]
     body = _stage_body(client, icu)
+    local_queue = client.app.state.job_queue
     before = local_queue.enqueued
     first = _one_job(_race(client, body, "race-a"), session_factory, "race-a")
     assert local_queue.enqueued - before == 1
     # The first job trains (and writes its progress) while the second race writes.
     second = _one_job(_race(client, body, "race-b"), session_factory, "race-b")
     assert local_queue.enqueued - before == 2 and second != first
-    local_queue.join()
+    drain(client)
     with session_factory() as s:
         for job_id in (first, second):
             job = s.get(Job, job_id)
