@@ -1,56 +1,109 @@
 """The Celery app (Redis broker and result backend) and its one thin task, `flame.run_stage`.
 
-Run a worker with `flame worker` or `celery -A service.jobs.celery_app worker -c 1`. Tasks ack late
-and a worker takes one job at a time, so a worker killed mid-stage gets its job redelivered;
-`run_stage` is idempotent. The worker reads its database, artifact root and device from FLAME_*.
+Run a worker with `flame worker` or `celery -A service.jobs.celery_app worker -c 1`. Tasks ack late,
+a worker prefetches one job, and the broker's visibility timeout (`FLAME_JOB_VISIBILITY_TIMEOUT_S`)
+is above the longest stage, so Redis never hands a live stage to a second worker; a worker killed
+mid-stage stops heartbeating, and a reaper (each worker runs one, as does each API process)
+re-queues its job. `run_stage` runs only a job it can claim, so a second delivery of a job another
+worker runs with a fresh heartbeat returns without running.
+
+What the result backend records, per delivery: SUCCESS with the version id when the job succeeded;
+FAILURE (`StageFailed`, carrying the job's error) when it failed, raised after the failure is
+recorded in the job row; REVOKED when it was cancelled; nothing (`Ignore`) when this delivery did not
+run it to an end (another worker holds it, or it was handed back to the queue).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from celery.signals import worker_ready, worker_shutdown
 
+from service.jobs.queue import TASK_NAME
 from service.settings import get_settings
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
-def make_celery(redis_url: str) -> Celery:
+class StageFailed(Exception):
+    """The job failed; its row holds the error. Raised so that Celery records a FAILURE."""
+
+
+def make_celery(redis_url: str, *, visibility_timeout_s: int | None = None) -> Celery:
     celery = Celery("flame", broker=redis_url, backend=redis_url)
+    visibility = visibility_timeout_s or get_settings().job_visibility_timeout_s
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": visibility},
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600,
     )
-    celery.task(name="flame.run_stage", ignore_result=False)(run_stage_task)
+    # throws: a failed job is an expected outcome, logged without a traceback (run_stage logged it).
+    celery.task(name=TASK_NAME, bind=True, ignore_result=False, throws=(StageFailed,))(run_stage_task)
     return celery
 
 
-def run_stage_task(job_id: str) -> str | None:
-    """Thin shim: ids in, the plain idempotent function does the work."""
+def run_stage_task(self: Task, job_id: str) -> str | None:
+    """Thin shim: ids in, the plain idempotent function does the work; the job row says how it ended."""
     from service.artifacts import LocalArtifactStore
-    from service.db import get_engine, make_session_factory
+    from service.db import get_engine, make_session_factory, session_scope
     from service.jobs.stage import run_stage
+    from service.registry import service as registry
 
     settings = get_settings()
-    return run_stage(
-        job_id,
-        session_factory=make_session_factory(get_engine(settings.database_url)),
-        store=LocalArtifactStore(settings.artifact_root),
-        settings=settings,
+    factory = make_session_factory(get_engine(settings.database_url))
+    run_stage(
+        job_id, session_factory=factory, store=LocalArtifactStore(settings.artifact_root), settings=settings
     )
+    with session_scope(factory, write=False) as session:
+        job = registry.get_job(session=session, job_id=job_id)
+        state, error, version = job.state, job.error, job.result_version
+    if state == "succeeded":
+        return version
+    if state == "failed":
+        raise StageFailed(f"job {job_id} failed: {error}")
+    if state == "cancelled":
+        self.backend.mark_as_revoked(self.request.id, reason="job cancelled", request=self.request)
+    raise Ignore()
 
 
 @lru_cache(maxsize=4)
 def celery_for(redis_url: str) -> Celery:
     """A producer app per broker URL (the API enqueues by task name)."""
     return make_celery(redis_url)
+
+
+_reapers: list[Any] = []
+
+
+@worker_ready.connect(weak=False)
+def _start_reaper(**_: Any) -> None:
+    """Each worker re-queues jobs whose worker died (safe beside other workers and the API's reapers)."""
+    from service.db import get_engine, make_session_factory
+    from service.jobs.queue import enqueue
+    from service.jobs.reaper import Reaper
+
+    settings = get_settings()
+    reaper = Reaper(
+        session_factory=make_session_factory(get_engine(settings.database_url)),
+        settings=settings,
+        requeue=lambda job_id: enqueue(job_id, settings=settings),
+    )
+    _reapers.append(reaper.start())
+
+
+@worker_shutdown.connect(weak=False)
+def _stop_reaper(**_: Any) -> None:
+    while _reapers:
+        _reapers.pop().stop()
 
 
 app = make_celery(get_settings().redis_url or DEFAULT_BROKER)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from service.artifacts import LocalArtifactStore
@@ -73,6 +74,24 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
+def scratch_pg(pg_admin: Engine) -> Iterator[tuple[str, Engine]]:
+    """A throwaway PostgreSQL database with the models' tables, for processes that get only a URL
+    (Celery workers, whole apps); yields (url, engine)."""
+    name = f"flame_scratch_{uuid.uuid4().hex[:10]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    load_models().create_all(engine)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        with pg_admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
 def session_factory(engine: Engine):  # type: ignore[no-untyped-def]
     """A session factory on clean tables: every row is deleted after the test."""
     yield make_session_factory(engine)
@@ -93,9 +112,15 @@ def store(tmp_path) -> LocalArtifactStore:  # type: ignore[no-untyped-def]
 
 
 def start_celery_worker(
-    *, redis_url: str, database_url: str, artifact_root: str, **popen: Any
+    *,
+    redis_url: str,
+    database_url: str,
+    artifact_root: str,
+    extra_env: dict[str, str] | None = None,
+    **popen: Any,
 ) -> subprocess.Popen:
-    """A real Celery worker process (solo pool) that, as in deployment, gets only the environment."""
+    """A real Celery worker process (solo pool) that, as in deployment, gets only the environment
+    (`extra_env` adds FLAME_* settings, e.g. a short heartbeat timeout)."""
     env = {
         **os.environ,
         "FLAME_REDIS_URL": redis_url,
@@ -103,6 +128,7 @@ def start_celery_worker(
         "FLAME_ARTIFACT_ROOT": artifact_root,
         "FLAME_DEVICE": "cpu",
         "OMP_WAIT_POLICY": "PASSIVE",
+        **(extra_env or {}),
     }
     cmd = [
         sys.executable,
