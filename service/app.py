@@ -2,8 +2,9 @@
 
 The lifespan builds the engine, session factory, artifact store, ModelHost, API-key cache, audit
 writer, the in-process job queue (without Redis) and the job reaper on `app.state`, and loads the
-`active` version, and polls the alias every `RELOAD_INTERVAL_S` so a version committed by a worker
-(or a rollback) is served without a restart. The in-process queue re-enqueues the jobs an earlier process
+`active` version. A version committed by a worker (or a rollback) is served without a restart: on
+PostgreSQL a listener hears the move at once (NOTIFY), and the alias is polled every
+`RELOAD_INTERVAL_S` as the fallback. The in-process queue re-enqueues the jobs an earlier process
 left unfinished. Shutdown hands a running in-process job back to the queue and flushes the audit
 writer. Importing this module does nothing heavy.
 """
@@ -27,6 +28,7 @@ from service.auth.cache import KeyCache
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
+from service.inference.alias_watch import AliasListener, poll_alias
 from service.inference.audit_writer import AuditWriter
 from service.inference.host import ModelHost
 from service.inference.router import router as inference_router
@@ -83,15 +85,6 @@ ROUTERS: list[APIRouter] = [
 ]
 
 
-async def _watch_alias(host: ModelHost, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await run_in_threadpool(host.reload_if_changed)
-        except Exception:  # noqa: BLE001 - a DB hiccup must not kill the watcher
-            log.exception("alias watch failed")
-
-
 def _start_jobs(app: FastAPI, settings: Settings) -> None:
     """The in-process queue (only without Redis), recovered from the database, and the reaper."""
     factory = app.state.session_factory
@@ -134,7 +127,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(app.state.host.reload_if_changed)
     except Exception:  # noqa: BLE001 - start anyway; /readyz says why it is not ready
         log.exception("initial model load failed")
-    watcher = asyncio.create_task(_watch_alias(app.state.host, app.state.reload_interval_s))
+    listener = None
+    if engine.dialect.name == "postgresql":
+        listener = AliasListener(engine=engine, host=app.state.host).start()
+    app.state.alias_listener = listener
+    watcher = asyncio.create_task(poll_alias(app.state.host, app.state.reload_interval_s))
     await run_in_threadpool(_start_jobs, app, settings)
     try:
         yield
@@ -142,6 +139,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        if listener is not None:
+            await run_in_threadpool(listener.stop)
         await run_in_threadpool(app.state.reaper.stop)
         if app.state.job_queue is not None:
             await run_in_threadpool(app.state.job_queue.stop)  # the running job goes back to the queue

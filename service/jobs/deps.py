@@ -12,10 +12,12 @@ from fastapi import Depends, Request
 from service.auth.models import ApiKey
 from service.deps import SessionDep, SessionFactoryDep, SettingsDep, StoreDep
 from service.deps import require_scope as require_key
+from service.inference.host import ModelHost
 from service.jobs.queue import LocalQueue
 
 __all__ = [
     "JobQueueDep",
+    "OptionalHostDep",
     "SessionDep",
     "SessionFactoryDep",
     "SettingsDep",
@@ -29,7 +31,13 @@ def get_job_queue(request: Request) -> LocalQueue | None:
     return getattr(request.app.state, "job_queue", None)
 
 
+def get_optional_host(request: Request) -> ModelHost | None:
+    """The app's model host, if this app serves predictions (an app of the jobs routers alone does not)."""
+    return getattr(request.app.state, "host", None)
+
+
 JobQueueDep = Annotated[LocalQueue | None, Depends(get_job_queue)]
+OptionalHostDep = Annotated[ModelHost | None, Depends(get_optional_host)]
 
 
 def require_scope(scope: str) -> Callable[..., str]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from service.jobs import service
 from service.jobs.deps import (
     JobQueueDep,
+    OptionalHostDep,
     SessionDep,
     SettingsDep,
     require_scope,
@@ -120,12 +121,22 @@ def get_model(version: str, session: SessionDep, _: TrainCaller) -> Any:
 
 @router.post("/models/{version}/activate", response_model=ActivateOut)
 def activate_model(
-    version: str, session: SessionDep, caller: AdminCaller, body: ActivateRequest | None = None
+    version: str,
+    session: SessionDep,
+    caller: AdminCaller,
+    host: OptionalHostDep,
+    body: ActivateRequest | None = None,
 ) -> Any:
-    """Move `active` (or `body.alias`) to `version`: rollback or roll-forward, recorded in its history."""
+    """Move `active` (or `body.alias`) to `version`: rollback or roll-forward, recorded in its history.
+    The replica that answers serves the alias's version before it answers; the others hear of the
+    move at once (PostgreSQL NOTIFY) or at their next poll."""
     body = body or ActivateRequest()
     out = service.activate(
         session=session, version=version, alias=body.alias, moved_by=caller, reason=body.reason or "activate"
     )
     session.commit()
+    if host is not None:
+        if body.alias == host.alias:
+            host.reload_if_changed()
+        out["serving"] = host.current.id if host.current is not None else None
     return out

@@ -133,3 +133,4 @@ class ActivateOut(BaseModel):
     version: str
     previous: str | None
     history: list[AliasMove]
+    serving: str | None = None  # what the replica that answered serves now (it reloads before answering)

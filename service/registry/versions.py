@@ -26,6 +26,7 @@ from service.db import utcnow
 from service.registry.errors import AliasNotFound, CapacityExceeded, Conflict
 from service.registry.lineage import get_version, lineage_ids
 from service.registry.models import Alias, AliasHistory, Component, ModelVersion
+from service.registry.notify import publish_alias_move
 from service.registry.records import ComponentRecord, ModalityRecord, TaskRecord, check_name
 from service.registry.tasks import plan_new_specs
 
@@ -215,6 +216,7 @@ def move_alias_to(*, session: Session, alias: str, version: str, moved_by: str, 
         AliasHistory(alias=alias, from_version=previous, to_version=version, moved_by=moved_by, reason=reason)
     )
     session.flush()
+    publish_alias_move(session=session, alias=alias, version=version)  # delivered when this commits
     return row
 
 
