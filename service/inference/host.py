@@ -2,7 +2,8 @@
 
 `reload_if_changed()` reads the alias; when it moved, the new version is loaded *beside* the old
 one (digest-checked files, moved to the device, every cursor model pre-built so no request pays for
-it), then one attribute assignment swaps them. A request takes `host.current` once and keeps that
+it; a version descending from the held one reuses its cursor models), then one attribute assignment
+swaps them. A request takes `host.current` once and keeps that
 `LoadedVersion` to the end, so in-flight requests finish on the version they started with, and the
 old one is freed when its last request drops it.
 
@@ -27,6 +28,7 @@ from service.artifacts import ArtifactStore
 from service.errors import ModelNotReady
 from service.observability import set_model_version
 from service.registry.errors import AliasNotFound
+from service.registry.lineage import lineage_ids
 from service.registry.versions import resolve_alias
 from service.versioning import load_version
 
@@ -65,11 +67,17 @@ class LoadedVersion:
             return model(batch.to(self.device), [task])
 
 
-def load_loaded_version(store: ArtifactStore, version: Any, device: torch.device) -> LoadedVersion:
+def load_loaded_version(
+    store: ArtifactStore, version: Any, device: torch.device, ancestor: LoadedVersion | None = None
+) -> LoadedVersion:
+    """Load `version` ready to serve. `ancestor`, a loaded version that `version` descends from, lends
+    its cursor models for the cursors both have: a later stage never changes an earlier cursor's
+    weights (the structural guarantee), so a new stage costs one cursor model, not one per stage."""
     cl = load_version(store, version, device=device)
     cl.eval()
     cursors = sorted(set(cl.cursor.values()))
-    models = {c: cl.cursor_model(c).eval() for c in cursors}
+    shared = ancestor.cursor_models if ancestor is not None and ancestor.device == device else {}
+    models = {c: shared[c] if c in shared else cl.cursor_model(c).eval() for c in cursors}
     return LoadedVersion(
         id=version.id,
         digest=version.digest,
@@ -126,12 +134,14 @@ class ModelHost:
                 except AliasNotFound as e:
                     self.last_error = e.message
                     return False
+                held = self._current
+                if held is not None and held.id == version.id and held.digest == version.digest:
+                    return False
+                ancestors = lineage_ids(session=session, version=version.id)[:-1]
                 session.expunge(version)
-            held = self._current
-            if held is not None and held.id == version.id and held.digest == version.digest:
-                return False
+            ancestor = held if held is not None and held.id in ancestors else None
             try:
-                loaded = load_loaded_version(self.store, version, self.device)
+                loaded = load_loaded_version(self.store, version, self.device, ancestor)
             except Exception as e:  # noqa: BLE001 - keep serving the old version, report why
                 self.last_error = f"loading version {version.id!r} failed: {e}"
                 log.exception("model load failed", extra={"version": version.id})

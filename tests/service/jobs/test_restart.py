@@ -48,6 +48,13 @@ def _serves_los(client: TestClient, icu) -> str | None:  # type: ignore[no-untyp
     return r.json()["model_version"] if r.status_code == 200 else None
 
 
+def _mortality(client: TestClient, icu) -> list:  # type: ignore[no-untyped-def]
+    payloads = [{"modalities": s["modalities"]} for s in icu.splits["test"][:8]]
+    r = client.post("/predict/mortality", json={"instances": payloads})
+    assert r.status_code == 200, r.text
+    return [(p["output"], p["routing"]) for p in r.json()["predictions"]]
+
+
 def test_a_server_stopped_mid_stage_hands_the_job_back_and_the_next_start_finishes_it(embedded, icu):  # type: ignore[no-untyped-def]
     settings, factory, store = embedded
     job_id = stage_job(factory, store, icu, epochs=12, patience=100, refit_epochs=0)  # queued, in no queue
@@ -59,10 +66,15 @@ def test_a_server_stopped_mid_stage_hands_the_job_back_and_the_next_start_finish
     assert job.progress["epoch"] < 12
 
     with TestClient(create_app(settings, reload_interval_s=3600)) as client:
+        v1, mortality = client.app.state.host.current, _mortality(client, icu)
+        assert v1.id == "v1"
         job = wait_for(lambda: _finished(factory, job_id), 180, "the job to finish")
         assert (job.state, job.attempts, job.result_version) == ("succeeded", 2, "v2"), job.error
-        # The replica that ran the stage serves it (its host reloads after the job, not at a poll).
+        # The replica that ran the stage serves it (its host reloads after the job, not at a poll),
+        # reusing v1's cursor model for the earlier task, whose answers keep their bytes.
         assert wait_for(lambda: _serves_los(client, icu), 5, "the new task to be served") == "v2"
+        assert client.app.state.host.current.cursor_models[0] is v1.cursor_models[0]
+        assert _mortality(client, icu) == mortality
     with factory() as s:
         assert [v.id for v in registry.list_versions(session=s)] == ["v1", "v2"]
 
