@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from service.artifacts import LocalArtifactStore
 from service.auth.cache import KeyCache
+from service.auth.router import router as keys_router
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
@@ -75,6 +76,7 @@ ROUTERS: list[APIRouter] = [
     inference_router,
     datasets_router,
     jobs_router,
+    keys_router,
 ]
 
 
