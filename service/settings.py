@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     max_dataset_bytes: PositiveInt = 512 * 1024 * 1024
+    max_model_bytes: PositiveInt = 2 * 1024 * 1024 * 1024  # a checkpoint uploaded to POST /models
     max_instances: PositiveInt = 64
     max_batch_size: PositiveInt = 32
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
