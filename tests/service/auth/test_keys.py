@@ -15,7 +15,8 @@ from flame_core.config import FlameConfig
 from service.app import create_app
 from service.artifacts import LocalArtifactStore
 from service.auth.service import create_api_key
-from service.cli.serve import build_demo_model, register_model, run_migrations
+from service.cli.registry import run_migrations
+from service.cli.serve import build_demo_model, register_model
 from service.db import make_engine, make_session_factory, session_scope, utcnow
 from service.settings import Settings
 
