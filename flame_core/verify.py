@@ -32,6 +32,7 @@ CONFIG, WEIGHTS = "config.json", "model.safetensors"
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
 _DTYPES.update({torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"})
 _LISTED = 5  # names quoted per message
+MAX_CONFIG_BYTES = 64 * 1024 * 1024  # specs, config and training ranges: kilobytes in practice
 
 
 class CheckpointInvalid(ValueError):
@@ -216,6 +217,8 @@ def load_verified(directory: str | Path) -> tuple[ContinualFlame, dict[str, Any]
     for name in (CONFIG, WEIGHTS):
         if not (src / name).is_file():
             raise CheckpointInvalid(f"missing from {src}", file=name, field=name)
+    if (src / CONFIG).stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointInvalid(f"larger than {MAX_CONFIG_BYTES} bytes", file=CONFIG, field=CONFIG)
     meta = parse_config((src / CONFIG).read_bytes())
     config = _config(meta)
     extra = meta.get("extra") or {}

@@ -114,4 +114,5 @@ def bootstrap_command(
     if token is not None:
         show_token_once(token, settings.home / TOKEN_FILE)
     if registered is None and token is None:
-        typer.echo("registry is migrated, a model is active and a key exists: nothing to do")
+        keys = ", and a key exists" if settings.auth_enabled else ""
+        typer.echo(f"nothing to do: the registry is migrated, a model is active{keys}")
