@@ -66,7 +66,7 @@ def _migrate(url: str, *, via_env: bool) -> dict:
 
 def _assert_round_trip(result: dict) -> None:
     assert result["up"]["tables"] == sorted(set(load_models().tables) | {"alembic_version"})
-    assert result["up"]["head"] == ["0001"]
+    assert result["up"]["head"] == ["0002"]  # the latest revision
     assert result["up"]["job_fks"] == [
         "fk_jobs_parent_version_model_versions",
         "fk_jobs_result_version_model_versions",
