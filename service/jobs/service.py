@@ -32,6 +32,9 @@ def submit_stage(
     """The queued job for `request` (or the earlier job for the same Idempotency-Key) and whether it
     is new. Raises SpecError / DatasetUnsuitable / PayloadInvalid (422), DatasetNotFound /
     AliasNotFound (404), TaskExists / Conflict (409). The job's parent is resolved when it starts."""
+    # Submissions take turns from here to the commit: two of one new task cannot both pass the checks
+    # below, and a retry under the same key finds the job its twin just created.
+    lock_submissions(session)
     if idempotency_key is not None:
         existing = session.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one_or_none()
         if existing is not None:
@@ -42,7 +45,6 @@ def submit_stage(
                 idempotency_key=idempotency_key,
             )  # the same job, or Conflict for a different request under the same key
             return job, False
-    lock_submissions(session)  # two submissions of one new task cannot both pass the check below
     active = registry.resolve_alias(session=session, alias="active")
     served = version_specs(session=session, version=active.id)
     _refuse_known_tasks(session, request, served, active.id)

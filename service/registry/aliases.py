@@ -39,8 +39,8 @@ def swap_alias(
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         now = session.scalar(select(Alias.version_id).where(Alias.name == alias))
         raise AliasMoved(
-            f"alias {alias!r} points at {now!r}, no longer at {expected!r} which this version was built "
-            f"on; {version!r} was not activated (it does not carry what {now!r} may serve)",
+            f"alias {alias!r} points at {now!r}, no longer at {expected!r} which {version!r} was built "
+            f"on, so it was not moved ({version!r} may lack what {now!r} serves)",
             field="alias",
         )
     session.add(
