@@ -81,7 +81,11 @@ def test_same_key_different_request_conflicts_and_bad_specs_422(client, icu, v1)
     ghost = {**body, "tasks": [{**LOS, "name": "los2", "modalities": ["ghost"]}]}
     r = client.post("/tasks", json=ghost)
     assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid"
-    missing = {**body, "tasks": [{**LOS, "name": "los2"}], "datasets": {"train": "nope", "validation": "nope"}}
+    missing = {
+        **body,
+        "tasks": [{**LOS, "name": "los2"}],
+        "datasets": {"train": "nope", "validation": "nope"},
+    }
     assert client.post("/tasks", json=missing).status_code == 404
     negative = {**body, "options": {"refit_epochs": -1}}
     r = client.post("/tasks", json=negative)
