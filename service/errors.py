@@ -23,6 +23,7 @@ from service.db import DB_UNAVAILABLE
 from service.registry.errors import (
     ArtifactCorrupt,
     Conflict,
+    DatasetUnsuitable,
     DomainError,
     NotFound,
     PermissionDenied,
@@ -72,6 +73,7 @@ STATUS_OF: list[tuple[type[DomainError], int]] = [
     (Conflict, 409),
     (BodyTooLarge, 413),
     (PayloadInvalid, 422),
+    (DatasetUnsuitable, 422),
     (PredictionNotFinite, 422),
     (ServiceUnavailable, 503),
     (ArtifactCorrupt, 500),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -66,6 +67,13 @@ def build_demo_model(
     return cl, metrics
 
 
+def demo_validation(*, n: int = DEMO_N, seed: int = 0) -> list[dict]:
+    """The demo model's validation split (the generator is deterministic): its tasks' canaries."""
+    from flame_core.benchmarks import load_benchmark
+
+    return list(load_benchmark("synthetic-icu", n=n, seed=seed).splits["val"])
+
+
 def register_model(
     *,
     session_factory,  # type: ignore[no-untyped-def]
@@ -74,19 +82,25 @@ def register_model(
     metrics: dict[str, dict[str, float]] | None = None,
     moved_by: str = "flame serve",
     note: str = "",
+    canary_samples: Sequence[dict] | None = None,
 ) -> ModelVersion:
-    """Register `cl` (one stage) as a root version and move `active` to it."""
+    """Register `cl` (one stage) as a root version and move `active` to it. With `canary_samples`
+    (validation data) every task stores its canaries for the promotion gate; without, none."""
     from service.db import session_scope
+    from service.jobs.canaries import load_as_host, with_canaries
     from service.registry.versions import register_version
     from service.versioning import stage_records, version_files
 
     components, tasks, modalities = stage_records(cl, 0, metrics)
+    files = version_files(cl)
+    if canary_samples is not None:
+        tasks = with_canaries(load_as_host(store, files), store, tasks, canary_samples)
     with session_scope(session_factory) as session:
         return register_version(
             session=session,
             store=store,
             parent=None,
-            files=version_files(cl),
+            files=files,
             moved_by=moved_by,
             components=components,
             tasks=tasks,

@@ -1,9 +1,12 @@
 """`run_stage(job_id)`: one continual stage, from a queued job to a registered model version.
 
 The plain, idempotent function behind the Celery task and the in-process queue. A finished job is
-never run again; a redelivered running job (the worker died) runs again from its parent version.
-The new version and the job's success commit in ONE transaction; any failure marks the job failed
-with its message and changes nothing else (blobs written before the failure are unreferenced).
+never run again; a redelivered running job (the worker died) runs again. Stages are serialised by
+`stage_lock` (held in the database for the whole stage) and each resolves its parent, `active`,
+when it starts, so concurrent submissions stack one on another instead of on one shared parent.
+The new version passes the promotion gate (`service.jobs.promotion`) and commits with the job's
+success in ONE transaction, `active` moving by compare-and-swap from that parent; any failure marks
+the job failed with its message and changes nothing else (blobs written before it are unreferenced).
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from flame_core.training import TrainConfig, evaluate
 from service.artifacts import ArtifactStore
 from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
 from service.db import session_scope
+from service.jobs.promotion import register_stage_version
 from service.jobs.schemas import StageRequest
 from service.jobs.specs import stage_specs
+from service.jobs.stage_lock import engine_of, stage_lock
 from service.observability import JOB_DURATION, JOBS
 from service.registry import service as registry
-from service.registry.errors import Conflict
+from service.registry.errors import AliasNotFound, Conflict
 from service.settings import Settings
-from service.versioning import load_version, stage_records, version_files
+from service.versioning import load_version
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,9 @@ def _load_split(session_factory, store, dataset_id, specs, tasks, split):  # typ
 
 def _train_stage(
     job_id: str, request: StageRequest, parent_id: str, *, session_factory, store, settings
-) -> tuple[ContinualFlame, int, dict[str, Any]]:  # type: ignore[no-untyped-def]
+) -> tuple[ContinualFlame, int, dict[str, Any], list[dict]]:  # type: ignore[no-untyped-def]
+    """Train the stage on the parent; the model, its stage index, the job's metrics and the
+    validation samples (the new tasks' canaries are drawn from them)."""
     with session_scope(session_factory) as session:
         parent = registry.get_version(session=session, version=parent_id)
     cl = load_version(store, parent)
@@ -124,52 +131,66 @@ def _train_stage(
         "stage_params": stage.stored_numel(),
         "evaluated_on": "test" if ds.test else "validation",
     }
-    return cl, len(cl.stages) - 1, _plain(summary)
+    return cl, len(cl.stages) - 1, _plain(summary), val_s
 
 
 def run_stage(
     job_id: str, *, session_factory: sessionmaker[Session], store: ArtifactStore, settings: Settings
 ) -> str | None:
-    """Run the job's stage; return the new version id (None if the job failed)."""
-    with session_scope(session_factory) as session:
+    """Run the job's stage; return the new version id (None if the job failed).
+
+    Stages run one at a time (`stage_lock`): a job waits, still `queued`, until the stage before it
+    has registered its version, then takes `active` AS IT IS NOW as its parent."""
+    with session_scope(session_factory, write=False) as session:
         job = registry.get_job(session=session, job_id=job_id)
         if job.state == "succeeded":
             return job.result_version
         if job.state == "failed":
             return None
+    with stage_lock(engine_of(session_factory)):
+        return _run_locked(job_id, session_factory=session_factory, store=store, settings=settings)
+
+
+def _run_locked(
+    job_id: str, *, session_factory: sessionmaker[Session], store: ArtifactStore, settings: Settings
+) -> str | None:
+    with session_scope(session_factory) as session:
+        job = registry.get_job(session=session, job_id=job_id)
+        if job.state == "succeeded":  # finished by another worker while this one waited for the lock
+            return job.result_version
+        if job.state == "failed":
+            return None
         registry.mark_running(session=session, job_id=job_id)
-        raw_request, parent_id = dict(job.request), job.parent_version
+        raw_request = dict(job.request)
     JOBS.labels("running").inc()
     started = time.perf_counter()
     try:
         request = StageRequest.model_validate(raw_request)
-        if parent_id is None:
-            raise ValueError("the job has no parent version; a stage continues an existing model")
-        cl, index, summary = _train_stage(
+        with session_scope(session_factory) as session:
+            try:
+                parent_id = registry.resolve_alias(session=session, alias="active").id
+            except AliasNotFound:
+                raise ValueError("no model version is active; a stage continues an existing model") from None
+            registry.set_parent(session=session, job_id=job_id, version=parent_id)
+        cl, index, summary, validation = _train_stage(
             job_id, request, parent_id, session_factory=session_factory, store=store, settings=settings
         )
         _progress(session_factory, job_id, phase="registering")
-        components, tasks, modalities = stage_records(cl, index, summary["tasks"])
-        with session_scope(session_factory) as session:
-            version = registry.register_version(
-                session=session,
-                store=store,
-                parent=parent_id,
-                files=version_files(cl),
-                moved_by=f"job:{job_id}",
-                components=components,
-                tasks=tasks,
-                modalities=modalities,
-                move_alias="active" if request.options.activate else None,
-                reason=f"stage {index}: {', '.join(t.name for t in tasks)}",
-                rank_budget=settings.capacity_rank_budget,
-            )
-            registry.mark_succeeded(
-                session=session, job_id=job_id, result_version=version.id, metrics={**summary, "stage": index}
-            )
+        version_id = register_stage_version(
+            job_id=job_id,
+            cl=cl,
+            index=index,
+            summary=summary,
+            parent=parent_id,
+            validation=validation,
+            options=request.options,
+            session_factory=session_factory,
+            store=store,
+            settings=settings,
+        )
         JOBS.labels("succeeded").inc()
         JOB_DURATION.labels("succeeded").observe(time.perf_counter() - started)
-        return version.id
+        return version_id
     except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
         log.exception("job %s failed", job_id)
         message = f"{type(e).__name__}: {e}"

@@ -144,6 +144,17 @@ def mark_running(*, session: Session, job_id: str) -> Job:
     return job
 
 
+def set_parent(*, session: Session, job_id: str, version: str) -> Job:
+    """Record the version a running stage stacks on (resolved when it starts, not at submit)."""
+    job = get_job(session=session, job_id=job_id, for_update=True)
+    if job.state != "running":
+        raise Conflict(f"job {job_id} is {job.state}; only a running job takes a parent", field="state")
+    get_version(session=session, version=version)
+    job.parent_version = version
+    session.flush()
+    return job
+
+
 def update_progress(*, session: Session, job_id: str, progress: dict[str, Any]) -> Job:
     """Merge `progress` (e.g. {"epoch": 3, "of": 10, "loss": 0.41}) into the running job's progress."""
     job = get_job(session=session, job_id=job_id, for_update=True)

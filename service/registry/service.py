@@ -8,6 +8,7 @@
 Functions flush but never commit, so one `session_scope` can commit several of them together.
 """
 
+from service.registry.aliases import swap_alias
 from service.registry.audit import list_predictions, record_prediction
 from service.registry.datasets import create_dataset, find_dataset, get_dataset, list_datasets
 from service.registry.jobs import (
@@ -19,6 +20,7 @@ from service.registry.jobs import (
     mark_failed,
     mark_running,
     mark_succeeded,
+    set_parent,
     update_progress,
 )
 from service.registry.lineage import get_version, lineage, lineage_ids, list_versions
@@ -72,6 +74,8 @@ __all__ = [
     "reserved_rank",
     "resolve_alias",
     "retire_version",
+    "set_parent",
+    "swap_alias",
     "update_model_card",
     "update_progress",
 ]
