@@ -62,8 +62,13 @@ def _migrate(url: str, *, via_env: bool) -> dict:
         timeout=120,
     )
     assert proc.returncode == 0, f"alembic failed on {url}:\n{proc.stdout}\n{proc.stderr}"
-    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0001 -> 0003" in proc.stderr
-    assert "Running downgrade 0003 -> 0001" in proc.stderr and "Running downgrade 0001 -> " in proc.stderr
+    assert (
+        "Running upgrade  -> 0001" in proc.stderr
+        and "Running upgrade 0001 -> 0002" in proc.stderr
+        and "Running upgrade 0002 -> 0003" in proc.stderr
+    )
+    assert "Running downgrade 0003 -> 0002" in proc.stderr and "Running downgrade 0002 -> 0001" in proc.stderr
+    assert "Running downgrade 0001 -> " in proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -132,7 +132,7 @@ def test_the_stage_resolves_its_parent_when_it_starts(client, session_factory, s
 
 def test_demo_bootstrap_stores_canaries_for_every_task(tmp_path):  # type: ignore[no-untyped-def]
     """`flame serve`'s bootstrap (migrations, demo model, root version) gives each task its canaries."""
-    from service.cli.serve import bootstrap
+    from service.cli.bootstrap import bootstrap
     from service.db import make_engine, make_session_factory
     from service.jobs.canaries import load_as_host, replay
     from service.settings import Settings
