@@ -145,3 +145,39 @@ def record_training_ranges(
             raise ValueError(f"training ranges of task {t!r} are already recorded; they never change")
         labelled = [s for s in samples if t in s.get("labels", {})]
         training_ranges[t] = observed_ranges(labelled, specs, specs.tasks[t].modalities)
+
+
+def _check_range(value: Any, where: str) -> None:
+    ok = value is None or (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+        and value[0] <= value[1]
+    )
+    if not ok:
+        raise ValueError(f"{where}: a range is null or [low, high] with finite low <= high, got {value!r}")
+
+
+def check_training_ranges(ranges: Any, specs: SpecSet) -> None:
+    """ValueError naming the path unless `ranges` is `{task: {modality: {"values": [one range per
+    feature], "times": range}}}` over tasks of `specs` and modalities they read (ranges brought from
+    outside, e.g. a checkpoint's, are checked before predictions rely on them)."""
+    if not isinstance(ranges, dict):
+        raise ValueError(f"training_ranges must be an object of task -> ranges, got {type(ranges).__name__}")
+    for t, per_modality in ranges.items():
+        if t not in specs.tasks:
+            raise ValueError(f"training_ranges.{t}: no such task; tasks: {sorted(specs.tasks)}")
+        if not isinstance(per_modality, dict):
+            raise ValueError(f"training_ranges.{t} must be an object of modality -> ranges")
+        for m, r in per_modality.items():
+            where = f"training_ranges.{t}.{m}"
+            if m not in specs.tasks[t].modalities or specs.modalities[m].kind == "text":
+                raise ValueError(f"{where}: task {t!r} reads no numeric modality {m!r}")
+            if not isinstance(r, dict) or not isinstance(r.get("values"), list):
+                raise ValueError(f"{where} must be an object with a list of per-feature ranges in 'values'")
+            width = _width(specs.modalities[m])
+            if len(r["values"]) != width:
+                raise ValueError(f"{where}.values has {len(r['values'])} ranges; the modality has {width}")
+            for j, value in enumerate(r["values"]):
+                _check_range(value, f"{where}.values[{j}]")
+            _check_range(r.get("times"), f"{where}.times")

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from service.artifacts import LocalArtifactStore
 from service.auth.cache import KeyCache
+from service.auth.router import router as keys_router
 from service.datasets.router import router as datasets_router
 from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
@@ -37,6 +38,7 @@ from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
 from service.limits import ContentTypeMiddleware
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
+from service.registry.router import router as registry_router
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("flame.app")
@@ -82,6 +84,8 @@ ROUTERS: list[APIRouter] = [
     inference_router,
     datasets_router,
     jobs_router,
+    registry_router,
+    keys_router,
 ]
 
 
@@ -164,6 +168,7 @@ def create_app(settings: Settings | None = None, *, reload_interval_s: float = R
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         dataset_max_bytes=settings.max_dataset_bytes,
+        model_max_bytes=settings.max_model_bytes,
     )
     app.add_middleware(ObservabilityMiddleware)
     return app

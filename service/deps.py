@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifacts import ArtifactStore
+from service.auth.cache import KeyCache
 from service.auth.models import ApiKey
 from service.auth.service import SCOPES, has_scope
 from service.db import session_scope
@@ -46,11 +47,16 @@ def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
+def get_key_cache(request: Request) -> KeyCache:
+    return request.app.state.key_cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 SessionDep = Annotated[Session, Depends(get_session)]
 HostDep = Annotated[ModelHost, Depends(get_host)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
 def _bearer(request: Request) -> str | None:

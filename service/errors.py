@@ -18,10 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flame_core.specs import SpecError
 from flame_core.validation import SampleInvalid
+from flame_core.verify import CONFIG, WEIGHTS, CheckpointInvalid
 from service.db import DB_UNAVAILABLE
 from service.registry.errors import (
     ArtifactCorrupt,
     Conflict,
+    DatasetUnsuitable,
     DomainError,
     NotFound,
     PermissionDenied,
@@ -71,6 +73,7 @@ STATUS_OF: list[tuple[type[DomainError], int]] = [
     (Conflict, 409),
     (BodyTooLarge, 413),
     (PayloadInvalid, 422),
+    (DatasetUnsuitable, 422),
     (PredictionNotFinite, 422),
     (ServiceUnavailable, 503),
     (ArtifactCorrupt, 500),
@@ -101,6 +104,19 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
 async def _spec_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SpecError)
     return JSONResponse(error_body("spec_invalid", exc.message, exc.field), status_code=422)
+
+
+# The form fields of `POST /models` that carry each checkpoint file.
+UPLOAD_FIELD = {CONFIG: "config", WEIGHTS: "weights"}
+
+
+async def _checkpoint_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CheckpointInvalid)
+    upload = UPLOAD_FIELD.get(exc.file, exc.file)
+    inner = exc.field if exc.field not in (None, exc.file, "weights", "directory") else None
+    field = f"{upload}.{inner}" if inner else upload
+    body = error_body("checkpoint_invalid", str(exc), field, file=exc.file)
+    return JSONResponse(body, status_code=422)
 
 
 async def _sample_invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -157,6 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(SampleInvalid, _sample_invalid)
     app.add_exception_handler(SpecError, _spec_invalid)
+    app.add_exception_handler(CheckpointInvalid, _checkpoint_invalid)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
     for db_error in DB_UNAVAILABLE:
@@ -168,16 +185,26 @@ class BodySizeLimitMiddleware:
     """413 for a body over `max_bytes`: at once from Content-Length, else while the body streams in
     (the read raises BodyTooLarge inside the app, where the handler above answers)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, dataset_max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        dataset_max_bytes: int | None = None,
+        model_max_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.default_max = max_bytes
         self.dataset_max = dataset_max_bytes or max_bytes  # dataset uploads are JSONL files, not requests
+        self.model_max = model_max_bytes or max_bytes  # `POST /models` uploads a checkpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.dataset_max if scope.get("path", "").startswith("/datasets") else self.default_max
+        path = scope.get("path", "")
+        limit = self.dataset_max if path.startswith("/datasets") else self.default_max
+        if path == "/models":
+            limit = self.model_max
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             msg = f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes"

@@ -20,6 +20,7 @@ from service.errors import PayloadInvalid, error_body
 
 MAX_INT_DIGITS = 32  # an integer literal longer than this is no clinical value (floats are unbounded text)
 MULTIPART_PATHS = ("/datasets",)  # routes whose bodies are uploads, not JSON documents
+MULTIPART_ROUTES = ("/models",)  # exactly these paths (`POST /models/{v}/activate` stays JSON)
 _JSON_TYPES = ("application/json",)
 
 
@@ -57,7 +58,8 @@ class ContentTypeMiddleware:
         if scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH"):
             path = scope.get("path", "")
             content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
-            if content_type and not is_json(content_type) and not path.startswith(MULTIPART_PATHS):
+            upload = path.startswith(MULTIPART_PATHS) or path in MULTIPART_ROUTES
+            if content_type and not is_json(content_type) and not upload:
                 media = content_type.split(";", 1)[0].strip()[:64]
                 body = error_body(
                     "unsupported_media_type",

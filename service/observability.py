@@ -89,6 +89,13 @@ JOB_DURATION = Histogram(
     ["state"],
     buckets=JOB_BUCKETS,
 )
+PROMOTIONS = Counter(
+    "flame_model_promotions",
+    "Stage versions through the promotion gate: promoted (active moved) or rejected (kept candidate).",
+    ["outcome"],
+)
+for _outcome in ("promoted", "rejected"):
+    PROMOTIONS.labels(_outcome)  # both series exist from the start, at zero
 
 
 def multiprocess_dir() -> str | None:

@@ -6,10 +6,11 @@ its environment alone (DESIGN s6). Nothing here touches the database or the disk
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,20 +21,33 @@ _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
 PositiveInt = Annotated[int, Field(gt=0)]
 
 
+def default_home() -> Path:
+    """`$XDG_DATA_HOME/flame` (default `~/.local/share/flame`): one registry per user, whatever the
+    current folder, so `flame serve`, `flame keys` and `flame worker` run anywhere find the same one."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "flame"
+
+
 class Settings(BaseSettings):
     """Every setting has a default that runs the whole service on one machine with no extra infra."""
 
     model_config = SettingsConfigDict(env_prefix="FLAME_", env_file=".env", extra="ignore")
 
-    # storage
-    database_url: str = "sqlite:///./flame-data/registry.db"
+    # storage: `home` holds the SQLite registry, the artifacts and the bootstrap token unless
+    # database_url / artifact_root point elsewhere (both default from it, see _defaults_from_home)
+    home: Path = Field(default_factory=default_home)
+    database_url: str = ""  # default: sqlite:///<home>/registry.db
     redis_url: str | None = None  # unset: jobs run on an in-process queue
-    artifact_root: Path = Path("./flame-data/artifacts")
+    artifact_root: Path = Path()  # default: <home>/artifacts
+    # `flame bootstrap` (and `flame serve` on an empty SQLite registry) registers this directory, as
+    # written by `flame train` or `flame continual`, instead of training the demo model
+    bootstrap_model_dir: Path | None = None
 
     # inference
     device: str = "auto"
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     max_dataset_bytes: PositiveInt = 512 * 1024 * 1024
+    max_model_bytes: PositiveInt = 2 * 1024 * 1024 * 1024  # a checkpoint uploaded to POST /models
     max_instances: PositiveInt = 64
     max_batch_size: PositiveInt = 32
     max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
@@ -72,6 +86,21 @@ class Settings(BaseSettings):
                 f"job_heartbeat_timeout_s ({self.job_heartbeat_timeout_s})"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_home(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        home = Path(data.get("home") or default_home()).expanduser().absolute()
+        data = {**data, "home": home}
+        if not data.get("database_url"):
+            data["database_url"] = f"sqlite:///{home / 'registry.db'}"
+        if not data.get("artifact_root"):
+            data["artifact_root"] = home / "artifacts"
+        if not data.get("bootstrap_model_dir"):
+            data["bootstrap_model_dir"] = None
+        return data
 
     @field_validator("database_url")
     @classmethod

@@ -62,3 +62,19 @@ def stage_records(
         ModalityRecord(m, cl.specs.modalities[m].kind, cl.specs.modalities[m].to_dict()) for m in mods
     ]
     return components, tasks, modalities
+
+
+def root_records(
+    cl: ContinualFlame, metrics: dict[str, dict] | None = None
+) -> tuple[list[ComponentRecord], list[TaskRecord], list[ModalityRecord]]:
+    """Registry rows for registering all of `cl` as one root version (a checkpoint brought from
+    outside): every stage's components, tasks (each at its cursor) and modalities."""
+    components: list[ComponentRecord] = []
+    tasks: list[TaskRecord] = []
+    modalities: list[ModalityRecord] = []
+    for i in range(len(cl.stages)):
+        c, t, m = stage_records(cl, i, metrics)
+        components += c
+        tasks += t
+        modalities += m
+    return components, tasks, modalities

@@ -1,7 +1,7 @@
 """job leases: heartbeat_at, cancel_requested and the `cancelled` state
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-12-03
 
 A running job's attempt touches `heartbeat_at`; a reaper re-queues a job whose heartbeat is older
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

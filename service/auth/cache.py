@@ -6,7 +6,8 @@ if the database is unreachable then, a key verified less than `outage_grace_s` a
 (and the database is not asked again for `ttl_s`, so an outage does not cost a connection attempt
 per request). A key never seen, or seen longer ago than the grace, cannot be verified: the database
 error propagates and the API answers 503. Entries are keyed by the token's sha256; the plaintext is
-never kept. Only valid keys are cached, in a bounded LRU, so random tokens cannot grow it.
+never kept. Only valid keys are cached, in a bounded LRU, so random tokens cannot grow it. A key
+revoked through this process is `forget`-ten at once; an expired key is refused from the cache too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class KeyCache:
         with self._lock:
             entry = self._entries.get(digest)
             db_down = now < self._db_down_until
+        if entry is not None and entry.key.expired():
+            self.forget(entry.key.id)
+            return None
         age = now - entry.verified_at if entry is not None else float("inf")
         if entry is not None and (age < self.ttl_s or (db_down and age < self.outage_grace_s)):
             return entry.key
@@ -89,3 +93,9 @@ class KeyCache:
                 while len(self._entries) > self._max:
                     self._entries.popitem(last=False)
         return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop every cached entry of key `key_id` (just revoked here): its next use asks the database."""
+        with self._lock:
+            for digest in [d for d, e in self._entries.items() if e.key.id == key_id]:
+                del self._entries[digest]

@@ -2,7 +2,7 @@
 
 import typer
 
-from service.cli import analyze, continual, data, serve, train, worker
+from service.cli import analyze, bootstrap, continual, data, keys, models, serve, train, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FLAME: train, evaluate and serve.")
 app.add_typer(data.app, name="data")
@@ -10,6 +10,8 @@ app.add_typer(analyze.app, name="analyze")
 app.command("train")(train.train_command)
 app.command("evaluate")(train.evaluate_command)
 app.command("continual")(continual.continual_command)
+app.command("bootstrap")(bootstrap.bootstrap_command)
 app.command("serve")(serve.serve_command)
 app.command("worker")(worker.worker_command)
-app.add_typer(serve.keys_app, name="keys")
+app.add_typer(models.app, name="models")
+app.add_typer(keys.app, name="keys")

@@ -67,6 +67,7 @@ def train_command(
     """Train multitask FLAME; print per-task metrics and write DIR/metrics.json and a checkpoint."""
     from flame_core.checkpoint import save_checkpoint
     from flame_core.config import FlameConfig
+    from flame_core.ranges import record_training_ranges
     from flame_core.specs import SpecError, SpecSet
     from flame_core.training import TrainConfig, evaluate, fit, labelled_tasks
 
@@ -125,7 +126,10 @@ def train_command(
     if test_s:
         report["test"] = evaluate(model.cpu(), sub, test_s, chosen)
         _print_metrics("test", report["test"])
-    save_checkpoint(out, model, sub, extra={"train": report})
+    # the observed range of each input feature, per task: a served model names values outside them
+    ranges: dict[str, dict] = {}
+    record_training_ranges(ranges, train_s, sub, chosen)
+    save_checkpoint(out, model, sub, extra={"train": report, "training_ranges": ranges})
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     typer.echo(f"\nwrote checkpoint and metrics.json to {out}")
 

@@ -14,9 +14,14 @@ def worker_command(
 ) -> None:
     """Consume `flame.run_stage` jobs from Redis (FLAME_REDIS_URL); needs FLAME_DATABASE_URL and
     FLAME_ARTIFACT_ROOT to match the API's."""
+    from service.cli.registry import fail, registry_problem
     from service.jobs.celery_app import app
     from service.settings import get_settings
 
-    if get_settings().redis_url is None:
+    settings = get_settings()
+    if settings.redis_url is None:
         raise typer.BadParameter("FLAME_REDIS_URL is not set; without Redis the API runs jobs itself")
+    problem = registry_problem(settings.database_url)
+    if problem is not None:
+        raise fail(problem)
     app.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"])

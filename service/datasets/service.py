@@ -21,7 +21,7 @@ from service.artifacts import ArtifactStore
 from service.errors import PayloadInvalid
 from service.jobs.specs import stage_specs, version_specs
 from service.registry import service as registry
-from service.registry.errors import AliasNotFound
+from service.registry.errors import AliasNotFound, DatasetUnsuitable
 from service.registry.models import Dataset
 
 
@@ -104,8 +104,11 @@ def _finite(x: float) -> float | None:
 
 
 def summarise(samples: Sequence[dict[str, Any]], specs: SpecSet) -> dict[str, Any]:
-    """Counts, label balance per task and how many samples carry each modality."""
+    """Counts, label balance per task, how many samples carry each modality, and how many carry each
+    exact set of modalities (`modality_sets`, "labs,vitals" -> n), which tells `POST /tasks` whether
+    every sample has one of a new task's modalities without reading the file again."""
     modalities = Counter(m for s in samples for m in s["modalities"])
+    modality_sets = Counter(",".join(sorted(s["modalities"])) for s in samples)
     tasks: dict[str, Any] = {}
     for name, task in specs.tasks.items():
         values = [s["labels"][name] for s in samples if name in s["labels"]]
@@ -134,7 +137,39 @@ def summarise(samples: Sequence[dict[str, Any]], specs: SpecSet) -> dict[str, An
         "n_samples": len(samples),
         "tasks": tasks,
         "modalities": {m: modalities.get(m, 0) for m in specs.modalities if modalities.get(m)},
+        "modality_sets": dict(sorted(modality_sets.items())),
     }
+
+
+def check_stage_data(*, dataset: Dataset, split: str, specs: SpecSet) -> None:
+    """Refuse (DatasetUnsuitable, 422 naming `datasets.<split>`) a dataset whose summary shows it cannot
+    train the new tasks of `specs`: no label for a task, or samples with none of a task's modalities
+    (the worker would fail on them). Summaries from before `modality_sets` are checked on what they
+    hold (some sample has one of the modalities); a dataset stored without a summary is left to the job."""
+    summary = dataset.summary or {}
+    if "tasks" not in summary:
+        return
+    where, field = f"{split} dataset {dataset.id} ({dataset.name!r})", f"datasets.{split}"
+    n_samples = summary.get("n_samples", dataset.n_samples)
+    for name, task in specs.tasks.items():
+        if not (summary["tasks"].get(name) or {}).get("labelled"):
+            raise DatasetUnsuitable(
+                f"{where} has no labels for the new task {name!r}; upload it with labels for {name!r} "
+                "(and its spec in `specs`)",
+                field=field,
+            )
+        wanted = set(task.modalities)
+        sets = summary.get("modality_sets")
+        if sets is not None:
+            lacking = sum(n for key, n in sets.items() if not wanted & set(key.split(",")))
+        else:
+            lacking = 0 if any(summary.get("modalities", {}).get(m) for m in wanted) else n_samples
+        if lacking:
+            raise DatasetUnsuitable(
+                f"{where}: {lacking} of {n_samples} samples carry none of the modalities of the new task "
+                f"{name!r} ({sorted(wanted)}); every sample needs at least one",
+                field=field,
+            )
 
 
 def upload_dataset(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,6 +14,16 @@ class StageDatasets(BaseModel):
     train: str
     validation: str
     test: str | None = None  # metrics after truncation are on test, else on validation
+
+
+MetricName = Literal["auroc", "auprc", "f1", "accuracy", "mse"]
+# What `flame_core.metrics.task_metrics` reports per head type (min_metric may only name these).
+HEAD_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auroc", "auprc", "f1", "accuracy"),
+    "multiclass": ("auroc", "auprc", "f1", "accuracy"),
+    "multilabel": ("auroc", "auprc", "f1", "accuracy"),
+    "regression": ("mse",),
+}
 
 
 class StageOptions(BaseModel):
@@ -28,6 +38,9 @@ class StageOptions(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=2e-3, gt=0.0, le=1.0)
     patience: int = Field(default=5, ge=0)
+    # The promotion gate: every new task must reach each bound on the job's metrics (test split, else
+    # validation); `mse` is a maximum. Short of it the version stays `candidate`.
+    min_metric: dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]] | None = None
 
     @field_validator("rank")
     @classmethod
@@ -72,6 +85,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    # The promotion gate's report once the job succeeded: promoted, status, reason, checked, unchecked.
+    promotion: dict[str, Any] | None = None
 
 
 class JobPage(BaseModel):

@@ -1,12 +1,16 @@
 """`run_stage(job_id)`: one continual stage, from a queued job to a registered model version.
 
-The plain, idempotent function behind the Celery task and the in-process queue. It runs only a job
-it claims (`registry.claim_job`): a queued one, or a running one whose heartbeat went stale (the
-worker died); a finished job, or one another worker holds with a fresh heartbeat, is left alone.
-While it trains, a `Lease` heartbeats and checks at every epoch for a cancel request, a lost lease
-or a shutdown. The new version and the job's success commit in ONE transaction that first checks
-the attempt still holds the job, so one job makes at most one version; any failure marks the job
-failed with its message and changes nothing else (blobs written before the failure are unreferenced).
+The plain, idempotent function behind the Celery task and the in-process queue. Stages are
+serialised by `stage_lock` (held in the database for the whole stage): a job waits, still `queued`,
+then runs only if it claims the job (`registry.claim_job`: a queued one, or a running one whose
+heartbeat went stale because its worker died); a finished job, or one another worker holds with a
+fresh heartbeat, is left alone. It resolves its parent, `active`, when it starts, so concurrent
+submissions stack one on another. While it trains, a `Lease` heartbeats and checks at every epoch
+for a cancel request, a lost lease or a shutdown. The new version passes the promotion gate
+(`service.jobs.promotion`) and commits with the job's success in ONE transaction that first checks
+the attempt still holds the job (one job makes at most one version), `active` moving by
+compare-and-swap from the parent; any failure marks the job failed with its message and changes
+nothing else (blobs written before it are unreferenced).
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from service.artifacts import ArtifactStore
 from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
 from service.db import session_scope, utcnow
 from service.jobs.lease import Lease, ShuttingDown, plain
+from service.jobs.promotion import register_stage_version
 from service.jobs.schemas import StageRequest
 from service.jobs.specs import stage_specs
+from service.jobs.stage_lock import engine_of, stage_lock
 from service.observability import JOB_DURATION, JOBS
 from service.registry import service as registry
-from service.registry.errors import Conflict, JobCancelled, LeaseLost
+from service.registry.errors import AliasNotFound, Conflict, JobCancelled, LeaseLost
 from service.settings import Settings
-from service.versioning import load_version, stage_records, version_files
+from service.versioning import load_version
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,9 @@ def _load_split(session_factory, store, dataset_id, specs, tasks, split):  # typ
 
 def _train_stage(
     lease: Lease, request: StageRequest, parent_id: str, *, session_factory, store, settings
-) -> tuple[ContinualFlame, int, dict[str, Any]]:  # type: ignore[no-untyped-def]
+) -> tuple[ContinualFlame, int, dict[str, Any], list[dict]]:  # type: ignore[no-untyped-def]
+    """Train the stage on the parent; the model, its stage index, the job's metrics and the
+    validation samples (the new tasks' canaries are drawn from them)."""
     with session_scope(session_factory) as session:
         parent = registry.get_version(session=session, version=parent_id)
     cl = load_version(store, parent)
@@ -111,7 +119,7 @@ def _train_stage(
         "stage_params": stage.stored_numel(),
         "evaluated_on": "test" if ds.test else "validation",
     }
-    return cl, len(cl.stages) - 1, plain(summary)
+    return cl, len(cl.stages) - 1, plain(summary), val_s
 
 
 def run_stage(
@@ -123,7 +131,26 @@ def run_stage(
     stop: threading.Event | None = None,
 ) -> str | None:
     """Run the job's stage; return the new version id (None if the job failed, was cancelled, was
-    handed back because `stop` was set, or is not this call's to run)."""
+    handed back because `stop` was set, or is not this call's to run).
+
+    Stages run one at a time (`stage_lock`): a job waits, still `queued`, until the stage before it
+    has registered its version, then takes `active` AS IT IS NOW as its parent."""
+    with session_scope(session_factory, write=False) as session:
+        job = registry.get_job(session=session, job_id=job_id)
+        if job.state in ("succeeded", "failed", "cancelled"):
+            return job.result_version if job.state == "succeeded" else None
+    with stage_lock(engine_of(session_factory)):
+        return _run_locked(job_id, session_factory=session_factory, store=store, settings=settings, stop=stop)
+
+
+def _run_locked(
+    job_id: str,
+    *,
+    session_factory: sessionmaker[Session],
+    store: ArtifactStore,
+    settings: Settings,
+    stop: threading.Event | None,
+) -> str | None:
     stale_before = utcnow() - timedelta(seconds=settings.job_heartbeat_timeout_s)
     with session_scope(session_factory) as session:
         job, claimed = registry.claim_job(
@@ -131,7 +158,7 @@ def run_stage(
         )
         if not claimed:
             return job.result_version if job.state == "succeeded" else None
-        raw_request, parent_id, attempt = dict(job.request), job.parent_version, job.attempts
+        raw_request, attempt = dict(job.request), job.attempts
     JOBS.labels("running").inc()
     started = time.perf_counter()
     lease = Lease(
@@ -144,34 +171,32 @@ def run_stage(
     try:
         with lease:
             request = StageRequest.model_validate(raw_request)
-            if parent_id is None:
-                raise ValueError("the job has no parent version; a stage continues an existing model")
-            cl, index, summary = _train_stage(
+            with session_scope(session_factory) as session:
+                try:
+                    parent_id = registry.resolve_alias(session=session, alias="active").id
+                except AliasNotFound:
+                    msg = "no model version is active; a stage continues an existing model"
+                    raise ValueError(msg) from None
+                registry.set_parent(session=session, job_id=job_id, version=parent_id)
+            cl, index, summary, validation = _train_stage(
                 lease, request, parent_id, session_factory=session_factory, store=store, settings=settings
             )
             lease.report(phase="registering")
-            components, tasks, modalities = stage_records(cl, index, summary["tasks"])
-            with session_scope(session_factory) as session:
-                registry.hold_lease(session=session, job_id=job_id, attempt=attempt)  # one job, one version
-                version = registry.register_version(
-                    session=session,
-                    store=store,
-                    parent=parent_id,
-                    files=version_files(cl),
-                    moved_by=f"job:{job_id}",
-                    components=components,
-                    tasks=tasks,
-                    modalities=modalities,
-                    move_alias="active" if request.options.activate else None,
-                    reason=f"stage {index}: {', '.join(t.name for t in tasks)}",
-                    rank_budget=settings.capacity_rank_budget,
-                )
-                metrics = {**summary, "stage": index}
-                registry.mark_succeeded(
-                    session=session, job_id=job_id, result_version=version.id, metrics=metrics
-                )
+            version_id = register_stage_version(
+                job_id=job_id,
+                attempt=attempt,
+                cl=cl,
+                index=index,
+                summary=summary,
+                parent=parent_id,
+                validation=validation,
+                options=request.options,
+                session_factory=session_factory,
+                store=store,
+                settings=settings,
+            )
         _count("succeeded", started)
-        return version.id
+        return version_id
     except JobCancelled:
         _end(session_factory, job_id, "cancelled", started, registry.mark_cancelled, attempt=attempt)
     except ShuttingDown:

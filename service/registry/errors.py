@@ -2,7 +2,8 @@
 
 Each carries a stable `code` and an optional `field`, the parts of the API's error body
 `{"error": {"code", "message", "field"}}`; one HTTP handler maps the classes to status codes
-(NotFound 404, Conflict 409, CapacityExceeded 409, PermissionDenied 403, ArtifactCorrupt 500).
+(NotFound 404, Conflict 409, CapacityExceeded 409, DatasetUnsuitable 422, PermissionDenied 403,
+ArtifactCorrupt 500).
 """
 
 from __future__ import annotations
@@ -82,6 +83,25 @@ class CapacityExceeded(Conflict):
         super().__init__(message, field="components")
         self.over = over  # weight -> (rank already reserved, rank requested)
         self.budget = budget
+
+
+class TaskExists(Conflict):
+    """A stage would add a task the active model already serves, or that a pending job already adds."""
+
+    code = "task_exists"
+
+
+class AliasMoved(Conflict):
+    """A compare-and-swap of an alias found it pointing elsewhere than expected: nothing moved."""
+
+    code = "alias_moved"
+
+
+class DatasetUnsuitable(DomainError):
+    """A stored dataset cannot train what a stage asks of it (no labels for a new task, or samples
+    without any of its modalities); known from the dataset's summary before a job exists."""
+
+    code = "dataset_unsuitable"
 
 
 class ArtifactCorrupt(DomainError):

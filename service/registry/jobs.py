@@ -169,6 +169,17 @@ def _check_attempt(job: Job, attempt: int | None) -> None:
         )
 
 
+def set_parent(*, session: Session, job_id: str, version: str) -> Job:
+    """Record the version a running stage stacks on (resolved when it starts, not at submit)."""
+    job = get_job(session=session, job_id=job_id, for_update=True)
+    if job.state != "running":
+        raise Conflict(f"job {job_id} is {job.state}; only a running job takes a parent", field="state")
+    get_version(session=session, version=version)
+    job.parent_version = version
+    session.flush()
+    return job
+
+
 def update_progress(
     *, session: Session, job_id: str, progress: dict[str, Any], attempt: int | None = None
 ) -> Job:

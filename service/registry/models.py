@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, UTCDateTime, utcnow
 
-VERSION_STATUSES = ("ready", "retired")
+VERSION_STATUSES = ("ready", "retired", "candidate")  # candidate: failed the promotion gate
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
 MODALITY_KINDS = ("timeseries", "tabular", "text", "embedding", "image")
@@ -106,6 +106,8 @@ class Task(Base):
     version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # at introduction
     model_card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The promotion gate's canaries (service.jobs.canaries): None for tasks registered without them.
+    canary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

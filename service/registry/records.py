@@ -50,6 +50,7 @@ class TaskRecord:
     cursor: int
     metrics: dict[str, Any] = field(default_factory=dict)
     model_card: dict[str, Any] = field(default_factory=dict)
+    canary: dict[str, Any] | None = None  # stored canary samples and their output digest
 
     def __post_init__(self) -> None:
         check_name(self.name, "task name")
@@ -64,6 +65,7 @@ class TaskRecord:
             version_id=version_id,
             metrics=self.metrics,
             model_card=self.model_card,
+            canary=self.canary,
         )
 
 

@@ -8,6 +8,7 @@
 Functions flush but never commit, so one `session_scope` can commit several of them together.
 """
 
+from service.registry.aliases import swap_alias
 from service.registry.audit import list_predictions, record_prediction
 from service.registry.datasets import create_dataset, find_dataset, get_dataset, list_datasets
 from service.registry.jobs import (
@@ -19,6 +20,7 @@ from service.registry.jobs import (
     mark_failed,
     mark_running,
     mark_succeeded,
+    set_parent,
     update_progress,
 )
 from service.registry.leases import (
@@ -90,7 +92,9 @@ __all__ = [
     "reserved_rank",
     "resolve_alias",
     "retire_version",
+    "set_parent",
     "stale_jobs",
+    "swap_alias",
     "unfinished_jobs",
     "update_model_card",
     "update_progress",

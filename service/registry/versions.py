@@ -25,7 +25,7 @@ from service.artifacts import ArtifactStore
 from service.db import utcnow
 from service.registry.errors import AliasNotFound, CapacityExceeded, Conflict
 from service.registry.lineage import get_version, lineage_ids
-from service.registry.models import Alias, AliasHistory, Component, ModelVersion
+from service.registry.models import VERSION_STATUSES, Alias, AliasHistory, Component, ModelVersion
 from service.registry.notify import publish_alias_move
 from service.registry.records import ComponentRecord, ModalityRecord, TaskRecord, check_name
 from service.registry.tasks import plan_new_specs
@@ -115,9 +115,13 @@ def register_version(
     version_id: str | None = None,
     rank_budget: int | None = None,
     note: str = "",
+    status: str = "ready",
 ) -> ModelVersion:
     """Store `files` (role -> bytes or path, in order), then add the version with its components,
-    new tasks and modalities and move `move_alias` to it, all in one SAVEPOINT."""
+    new tasks and modalities and move `move_alias` to it, all in one SAVEPOINT. A `candidate`
+    (a version the promotion gate held back) is stored the same way and can never be aliased."""
+    if status not in VERSION_STATUSES:
+        raise ValueError(f"status must be one of {list(VERSION_STATUSES)}, got {status!r}")
     if not files:
         raise ValueError("files must name at least one artifact (role -> bytes or path)")
     if not moved_by:
@@ -145,7 +149,7 @@ def register_version(
             version = ModelVersion(
                 id=vid,
                 parent_id=parent,
-                status="ready",
+                status=status,
                 digest=manifest_digest(manifest),
                 manifest=manifest,
                 created_by=moved_by,

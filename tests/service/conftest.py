@@ -147,3 +147,34 @@ def start_celery_worker(
         f"test-{uuid.uuid4().hex[:6]}@%h",
     ]
     return subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env=env, **popen)
+
+
+@pytest.fixture
+def fresh_database(pg_admin: Engine) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database (as compose's first start sees it), dropped after."""
+    from sqlalchemy.engine import make_url
+
+    name = f"flame_fresh_{uuid.uuid4().hex[:10]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_admin.url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory written by `flame train` (tiny model, 1 epoch, synthetic-icu n=200): what a team
+    that trained FLAME itself brings to the registry."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    out = tmp_path_factory.mktemp("byom") / "run"
+    args = ["train", "--benchmark", "synthetic-icu", "--n", "200", "--epochs", "1", "--device", "cpu"]
+    args += ["--d-model", "16", "--n-experts", "2", "--top-k", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out

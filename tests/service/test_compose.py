@@ -31,11 +31,26 @@ def test_compose_file_is_valid_and_complete():
     block = re.search(r"^services:\n((?:[ \n].*\n)*)", resolved, flags=re.MULTILINE)
     assert block is not None, resolved
     services = set(re.findall(r"^  ([a-z0-9_-]+):$", block.group(1), flags=re.MULTILINE))
-    assert services == {"api", "worker", "postgres", "redis", "prometheus", "grafana", "migrate"}
-    # The API and the worker wait for the one-shot migration; the migration waits for PostgreSQL.
-    assert resolved.count("condition: service_completed_successfully") == 2
+    assert services == {"api", "worker", "postgres", "redis", "prometheus", "grafana", "migrate", "bootstrap"}
+    # The worker and the bootstrap wait for the one-shot migration; the API for both; the
+    # migration waits for PostgreSQL.
+    assert resolved.count("condition: service_completed_successfully") == 4
     assert "alembic" in resolved and "upgrade" in resolved
     assert "postgresql+psycopg://flame:" in resolved and "redis://redis:6379/0" in resolved
+    api = _service(resolved, "api")
+    assert re.search(r"bootstrap:\n\s+condition: service_completed_successfully", api), api
+    boot = _service(resolved, "bootstrap")
+    assert re.search(r"- flame\n\s+- bootstrap\n", boot) and "FLAME_BOOTSTRAP_MODEL_DIR" in boot, boot
+    # The bootstrap token is written to FLAME_HOME, a volume the API mounts too (`exec api cat ...`).
+    for block in (api, boot):
+        assert "FLAME_HOME: /data" in block and re.search(r"- flame-home:/data(:rw)?\n", block), block
+
+
+def _service(resolved: str, name: str) -> str:
+    """One service's block of `docker-compose config` output."""
+    match = re.search(rf"^  {name}:\n((?:    .*\n|\n)*)", resolved, flags=re.MULTILINE)
+    assert match is not None, f"no service {name!r} in:\n{resolved}"
+    return match.group(1)
 
 
 def test_files_the_compose_file_mounts_exist_and_agree():

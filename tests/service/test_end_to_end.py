@@ -82,6 +82,7 @@ def product(request, tmp_path_factory):
         session_factory=factory,
         store=LocalArtifactStore(settings.artifact_root),
         cl=ContinualFlame(model.eval()),
+        canary_samples=labels_only(icu.splits["val"], "mortality"),  # recorded here, replayed by the worker
     )
     with session_scope(factory) as s:
         _, predict_key = create_api_key(session=s, name="clinic", scopes=["predict"])
@@ -153,6 +154,7 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
         time.sleep(0.5)
     assert job["state"] == "succeeded", job
     assert job["result_version"] == "v2"
+    assert job["promotion"]["promoted"] and job["promotion"]["checked"] == {"mortality": "identical"}
 
     app.state.host.reload_if_changed()  # the watcher does this every few seconds in production
     models = client.get("/models", headers=auth(keys["admin"])).json()

@@ -38,8 +38,10 @@ def state():
         tables = sorted(inspect(conn).get_table_names())
         head = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
         fks = sorted(fk["name"] for fk in inspect(conn).get_foreign_keys("jobs")) if "jobs" in tables else []
+        checks = inspect(conn).get_check_constraints("model_versions") if "model_versions" in tables else []
     engine.dispose()
-    return {"tables": tables, "head": head, "job_fks": fks}
+    statuses = {c["name"]: "'candidate'" in c["sqltext"] for c in checks}
+    return {"tables": tables, "head": head, "job_fks": fks, "status_checks": statuses}
 
 main(argv=[*x, "upgrade", "head"])
 up = state()
@@ -63,7 +65,15 @@ def _migrate(url: str, *, via_env: bool) -> dict:
         timeout=120,
     )
     assert proc.returncode == 0, f"alembic failed on {url}:\n{proc.stdout}\n{proc.stderr}"
-    assert "Running upgrade  -> 0001" in proc.stderr and "Running downgrade 0001 -> " in proc.stderr
+    assert (
+        "Running upgrade  -> 0001" in proc.stderr
+        and "Running upgrade 0001 -> 0002" in proc.stderr
+        and "Running upgrade 0002 -> 0003" in proc.stderr
+        and "Running upgrade 0003 -> 0004" in proc.stderr
+    )
+    assert "Running downgrade 0004 -> 0003" in proc.stderr and "Running downgrade 0003 -> 0002" in proc.stderr
+    assert "Running downgrade 0002 -> 0001" in proc.stderr
+    assert "Running downgrade 0001 -> " in proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -75,7 +85,8 @@ def _assert_round_trip(result: dict) -> None:
         "fk_jobs_parent_version_model_versions",
         "fk_jobs_result_version_model_versions",
     ]  # the naming convention
-    assert result["down"] == {"tables": ["alembic_version"], "head": [], "job_fks": []}
+    assert result["up"]["status_checks"] == {"ck_model_versions_status": True}  # 0003: candidate versions
+    assert result["down"] == {"tables": ["alembic_version"], "head": [], "job_fks": [], "status_checks": {}}
 
 
 def test_upgrade_and_downgrade_on_sqlite(tmp_path):

@@ -10,13 +10,40 @@ from pydantic import ValidationError
 from service.settings import Settings, get_settings
 
 
-def test_defaults_need_no_infrastructure(monkeypatch):
-    for var in ("FLAME_DATABASE_URL", "FLAME_REDIS_URL", "FLAME_AUTH_ENABLED", "FLAME_DEVICE"):
+def test_defaults_need_no_infrastructure(monkeypatch, tmp_path):
+    for var in ("FLAME_HOME", "FLAME_DATABASE_URL", "FLAME_ARTIFACT_ROOT", "FLAME_REDIS_URL"):
         monkeypatch.delenv(var, raising=False)
+    for var in ("FLAME_AUTH_ENABLED", "FLAME_DEVICE", "FLAME_BOOTSTRAP_MODEL_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)  # the current folder plays no part
     s = Settings(_env_file=None)
-    assert s.database_url == "sqlite:///./flame-data/registry.db"
-    assert s.redis_url is None and s.artifact_root == Path("flame-data/artifacts")
+    assert s.home == tmp_path / "xdg" / "flame"
+    assert s.database_url == f"sqlite:///{tmp_path}/xdg/flame/registry.db"
+    assert s.redis_url is None and s.artifact_root == tmp_path / "xdg" / "flame" / "artifacts"
     assert (s.device, s.auth_enabled, s.capacity_rank_budget) == ("auto", True, 64)
+    assert s.bootstrap_model_dir is None
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert Settings(_env_file=None).home == Path.home() / ".local" / "share" / "flame"
+
+
+def test_flame_home_places_registry_and_artifacts_unless_overridden(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLAME_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("FLAME_BOOTSTRAP_MODEL_DIR", "")  # as compose passes an unset variable
+    s = Settings(_env_file=None)
+    assert (s.database_url, s.artifact_root) == (
+        f"sqlite:///{tmp_path}/h/registry.db",
+        tmp_path / "h" / "artifacts",
+    )
+    assert s.bootstrap_model_dir is None
+    monkeypatch.setenv("FLAME_DATABASE_URL", "postgresql+psycopg://u@db/flame")
+    monkeypatch.setenv("FLAME_ARTIFACT_ROOT", str(tmp_path / "blobs"))
+    monkeypatch.setenv("FLAME_BOOTSTRAP_MODEL_DIR", str(tmp_path / "run"))
+    s = Settings(_env_file=None)
+    assert (s.home, s.database_url) == (tmp_path / "h", "postgresql+psycopg://u@db/flame")
+    assert (s.artifact_root, s.bootstrap_model_dir) == (tmp_path / "blobs", tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert Settings(_env_file=None, home="rel").home == tmp_path / "rel"  # made absolute once
 
 
 def test_environment_overrides(monkeypatch):

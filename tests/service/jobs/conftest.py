@@ -152,3 +152,52 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.1):  # type:
 def job_row(session_factory, job_id: str):  # type: ignore[no-untyped-def]
     with session_factory() as s:
         return registry.get_job(session=s, job_id=job_id)
+
+
+@pytest.fixture
+def v1_gated(session_factory, store, pretrained, icu) -> str:  # type: ignore[no-untyped-def]
+    """v1 as the bootstrap registers a root: with canaries for its task (mortality) for the gate."""
+    from service.cli.serve import register_model
+
+    canaries = only_labels(icu.splits["val"], ["mortality"])
+    cl = copy.deepcopy(pretrained["cl"])
+    return register_model(session_factory=session_factory, store=store, cl=cl, canary_samples=canaries).id
+
+
+def upload(client, samples, specs=None, name="data") -> str:  # type: ignore[no-untyped-def]
+    """POST /datasets (raw JSONL, optional inline task specs); the dataset id."""
+    body = "\n".join(json.dumps(s) for s in samples)
+    params = {"name": name, **({"specs": json.dumps(specs)} if specs else {})}
+    r = client.post(
+        "/datasets", content=body, params=params, headers={"content-type": "application/x-ndjson"}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["dataset_id"]
+
+
+def stage_request(client, icu, task: dict, **options) -> dict:  # type: ignore[no-untyped-def]
+    """A POST /tasks body for `task` with train/val datasets labelled for it (uploaded now)."""
+    name = task["name"]
+    ids = {
+        split: upload(client, only_labels(icu.splits[split], [name]), {"tasks": [task]}, f"{name}-{split}")
+        for split in ("train", "val")
+    }
+    return {
+        "tasks": [task],
+        "datasets": {"train": ids["train"], "validation": ids["val"]},
+        "options": {"epochs": 1, "seed": 0, **options},
+    }
+
+
+def host_outputs(store, session_factory, version: str, task: str, samples: list[dict]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The task's raw outputs on `samples` from `version` loaded exactly as the serving host loads it."""
+    from flame_core.collate import collate
+    from flame_core.validation import validate_sample
+    from service.inference.host import load_loaded_version
+
+    with session_factory() as s:
+        row = registry.get_version(session=s, version=version)
+    loaded = load_loaded_version(store, row, torch.device("cpu"))
+    canonical = [validate_sample({"modalities": x["modalities"]}, loaded.specs, [task]) for x in samples]
+    batch = collate(canonical, loaded.specs, tasks=[task], tokenizer=loaded.tokenizer)
+    return loaded.forward(batch, task).outputs[task]

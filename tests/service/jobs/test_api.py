@@ -72,10 +72,18 @@ def test_same_key_different_request_conflicts_and_bad_specs_422(client, icu, v1)
     other = {**body, "options": {"epochs": 2}}
     r = client.post("/tasks", json=other, headers={"Idempotency-Key": "k"})
     assert r.status_code == 409 and r.json()["error"]["field"] == "idempotency_key"
-    bad = {**body, "tasks": [{**LOS, "name": "mortality"}]}
-    r = client.post("/tasks", json=bad)
+    served = {**body, "tasks": [{**LOS, "name": "mortality"}]}
+    r = client.post("/tasks", json=served)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "task_exists"
+    assert r.json()["error"]["field"] == "tasks[0].name" and "served" in r.json()["error"]["message"]
+    ghost = {**body, "tasks": [{**LOS, "name": "los2", "modalities": ["ghost"]}]}
+    r = client.post("/tasks", json=ghost)
     assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid"
-    missing = {**body, "datasets": {"train": "nope", "validation": "nope"}}
+    missing = {
+        **body,
+        "tasks": [{**LOS, "name": "los2"}],
+        "datasets": {"train": "nope", "validation": "nope"},
+    }
     assert client.post("/tasks", json=missing).status_code == 404
     negative = {**body, "options": {"refit_epochs": -1}}
     r = client.post("/tasks", json=negative)

@@ -20,22 +20,23 @@ from .conftest import LOS, drain, only_labels
 N = 20
 REDIS_URL = os.environ.get("FLAME_TEST_REDIS_QUEUE_URL", "redis://127.0.0.1:6379/13")
 CELERY_QUEUE = "celery"  # the Redis list Celery's default queue lives in
+READMISSION = {"name": "readmission", "modalities": ["labs", "cxr"], "head": {"type": "binary"}}
 
 
-def _stage_body(client, icu):  # type: ignore[no-untyped-def]
+def _stage_body(client, icu, task=LOS):  # type: ignore[no-untyped-def]
     ids = {}
     for split in ("train", "val"):
-        lines = "\n".join(json.dumps(s) for s in only_labels(icu.splits[split], ["los"]))
+        lines = "\n".join(json.dumps(s) for s in only_labels(icu.splits[split], [task["name"]]))
         r = client.post(
             "/datasets",
             content=lines,
-            params={"specs": json.dumps({"tasks": [LOS]})},
+            params={"specs": json.dumps({"tasks": [task]})},
             headers={"content-type": "application/x-ndjson"},
         )
         assert r.status_code == 201, r.text
         ids[split] = r.json()["dataset_id"]
     return {
-        "tasks": [LOS],
+        "tasks": [task],
         "datasets": {"train": ids["train"], "validation": ids["val"]},
         "options": {"epochs": 1},
     }
@@ -90,11 +91,12 @@ def test_concurrent_same_key_makes_one_job_enqueued_once_on_redis(client, icu, v
 def test_concurrent_same_key_on_the_in_process_queue_while_a_job_writes(client, icu, v1, session_factory):  # type: ignore[no-untyped-def]
     body = _stage_body(client, icu)
     local_queue = client.app.state.job_queue
+    other = _stage_body(client, icu, READMISSION)  # los is taken by the first job while it runs
     before = local_queue.enqueued
     first = _one_job(_race(client, body, "race-a"), session_factory, "race-a")
     assert local_queue.enqueued - before == 1
     # The first job trains (and writes its progress) while the second race writes.
-    second = _one_job(_race(client, body, "race-b"), session_factory, "race-b")
+    second = _one_job(_race(client, other, "race-b"), session_factory, "race-b")
     assert local_queue.enqueued - before == 2 and second != first
     drain(client)
     with session_factory() as s:
