@@ -12,10 +12,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.artifacts import LocalArtifactStore
@@ -26,6 +28,7 @@ from service.inference.host import ModelHost
 from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
+from service.openapi import install_openapi
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("flame.app")
@@ -34,13 +37,28 @@ RELOAD_INTERVAL_S = 5.0
 health_router = APIRouter(tags=["operations"])
 
 
-@health_router.get("/healthz")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(description="`database` and `model`: `ok`, or why not")
+
+
+@health_router.get("/healthz", response_model=Health)
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@health_router.get("/readyz")
+@health_router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {"model": Readiness, "description": "No model is loaded or the database is unreachable."}
+    },
+)
 def readyz(request: Request) -> JSONResponse:
     """Readiness: a model version is loaded and the database answers; 503 otherwise."""
     host: ModelHost = request.app.state.host
@@ -58,7 +76,11 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@health_router.get("/metrics", include_in_schema=False)
+@health_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "The Prometheus text exposition format."}},
+)
 def metrics() -> Response:
     """Prometheus exposition (no auth: scrape it from inside the network)."""
     payload, content_type = render_metrics()
@@ -117,6 +139,7 @@ def create_app(settings: Settings | None = None, *, reload_interval_s: float = R
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
     # Outermost first: metrics and request id see every response, including 413s.
     app.add_middleware(
         BodySizeLimitMiddleware,

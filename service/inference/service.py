@@ -149,6 +149,7 @@ def predict(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) 
                     "ignored": sorted(m for m in sample["modalities"] if m not in spec.modalities),
                 },
                 "routing": routes,
+                "out_of_training_range": [],
             }
         )
     return PredictResult(
