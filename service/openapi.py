@@ -52,6 +52,7 @@ class ErrorBody(BaseModel):
 
 
 _ERROR_DOC: dict[int, str] = {
+    400: "The body is not UTF-8, so it cannot be read as JSON (code `http_error`).",
     401: "No valid API key: send `Authorization: Bearer <token>` (code `unauthorized`).",
     403: "The API key lacks the scope this route needs (code `forbidden`).",
     404: "Not found.",

@@ -44,7 +44,7 @@ EXAMPLE_JSONL = "\n".join(json.dumps(line) for line in _LINES) + "\n"
 EXAMPLE_SPECS = json.dumps(
     {"tasks": [{"name": "readmission", "modalities": ["labs", "cxr"], "head": {"type": "binary"}}]}
 )
-UPLOAD_EXAMPLES = {
+UPLOAD_EXAMPLES: dict[str, dict[str, Any]] = {
     "application/x-ndjson": {"jsonl": {"summary": "the JSONL as the raw body", "value": EXAMPLE_JSONL}},
     "multipart/form-data": {
         "file": {

@@ -59,6 +59,7 @@ def _busy(retry_after: int) -> JSONResponse:
     status_code=202,
     response_model=JobAccepted,
     responses=errors(
+        400,
         404,
         409,
         422,
@@ -135,6 +136,7 @@ def get_model(version: VersionPath, session: SessionDep, _: TrainCaller) -> Any:
     "/models/{version}/activate",
     response_model=ActivateOut,
     responses=errors(
+        400,
         404,
         409,
         422,

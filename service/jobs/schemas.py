@@ -132,7 +132,7 @@ class ActivateOut(BaseModel):
     history: list[AliasMove]
 
 
-STAGE_EXAMPLES = {
+STAGE_EXAMPLES: dict[str, dict[str, Any]] = {
     "new_task": {
         "summary": "teach the model a new task from two uploaded datasets",
         "value": {
@@ -158,7 +158,7 @@ STAGE_EXAMPLES = {
         },
     },
 }
-ACTIVATE_EXAMPLES = {
+ACTIVATE_EXAMPLES: dict[str, dict[str, Any]] = {
     "rollback": {
         "summary": "move `active` back to this version",
         "value": {"reason": "rollback: AUROC drop"},

@@ -33,13 +33,13 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("post", "/predict/{task}"): KEYED | {200, 404, 413, 415, 422, 429, 503},
     ("post", "/datasets"): KEYED | {201, 413, 422},
     ("get", "/datasets/{dataset_id}"): KEYED | {200, 404, 422},
-    ("post", "/tasks"): KEYED | {202, 404, 409, 413, 422, 503},
+    ("post", "/tasks"): KEYED | {202, 400, 404, 409, 413, 422, 503},
     ("get", "/tasks"): KEYED | {200, 404, 422},
     ("get", "/tasks/{name}"): KEYED | {200, 404, 422},
     ("get", "/jobs/{job_id}"): KEYED | {200, 404, 422},
     ("get", "/models"): KEYED | {200},
     ("get", "/models/{version}"): KEYED | {200, 404, 422},
-    ("post", "/models/{version}/activate"): KEYED | {200, 404, 409, 413, 422},
+    ("post", "/models/{version}/activate"): KEYED | {200, 400, 404, 409, 413, 422},
 }
 
 
@@ -206,7 +206,12 @@ def test_upload_examples_answer_201_and_errors_have_the_error_body(doc, served):
         ("get", "/models/{version}", served.get("/models/v9")),
         ("get", "/models/{version}", served.get("/models/not%20a%20version")),
         ("post", "/tasks", served.post("/tasks", json={})),
+        (
+            "post",
+            "/tasks",
+            served.post("/tasks", content=b"\xcd", headers={"content-type": "application/json"}),
+        ),
         ("get", "/models", served.get("/models", headers={"Authorization": "Bearer nope"})),
     ]:
-        assert status.status_code in (401, 404, 422), status.text
+        assert status.status_code in (400, 401, 404, 422), status.text
         _check(doc, method, path, status)
