@@ -17,10 +17,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.artifacts import LocalArtifactStore
@@ -38,6 +40,7 @@ from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
 from service.limits import ContentTypeMiddleware
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
+from service.openapi import install_openapi
 from service.registry.router import router as registry_router
 from service.settings import Settings, get_settings
 
@@ -47,13 +50,28 @@ RELOAD_INTERVAL_S = 5.0
 health_router = APIRouter(tags=["operations"])
 
 
-@health_router.get("/healthz")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(description="`database` and `model`: `ok`, or why not")
+
+
+@health_router.get("/healthz", response_model=Health)
 def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@health_router.get("/readyz")
+@health_router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {"model": Readiness, "description": "No model is loaded or the database is unreachable."}
+    },
+)
 def readyz(request: Request) -> JSONResponse:
     """Readiness: a model version is loaded and the database answers; 503 otherwise."""
     host: ModelHost = request.app.state.host
@@ -71,7 +89,11 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@health_router.get("/metrics", include_in_schema=False)
+@health_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "The Prometheus text exposition format."}},
+)
 def metrics() -> Response:
     """Prometheus exposition (no auth: scrape it from inside the network)."""
     payload, content_type = render_metrics()
@@ -162,6 +184,7 @@ def create_app(settings: Settings | None = None, *, reload_interval_s: float = R
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
     # Added innermost first: metrics and request id see every response, including 413s and 415s.
     app.add_middleware(ContentTypeMiddleware)
     app.add_middleware(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifacts import ArtifactStore
@@ -59,27 +60,29 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+# Documents the scheme (the /docs Authorize button); errors stay ours, so it never raises itself.
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    description="An API key, `flm_<prefix>_<secret>`, with the scope the route needs: "
+    "`predict`, `train` or `admin` (admin grants every scope).",
+    auto_error=False,
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
-def require_scope(scope: str) -> Callable[[Request], ApiKey | None]:
+def require_scope(scope: str) -> Callable[..., ApiKey | None]:
     """A dependency: the caller's API key if it grants `scope` (401 without a valid key, 403 without
     the scope); None when `settings.auth_enabled` is false. Keys come through `app.state.key_cache`,
     so a recently verified key works while the database is down."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
 
-    def dependency(request: Request) -> ApiKey | None:
+    def dependency(request: Request, credentials: Credentials) -> ApiKey | None:
         settings: Settings = request.app.state.settings
         if not settings.auth_enabled:
             return None
-        token = _bearer(request)
-        if token is None:
+        token = credentials.credentials.strip() if credentials is not None else ""
+        if not token:
             raise Unauthenticated(
                 "missing API key: send 'Authorization: Bearer <token>'", field="authorization"
             )

@@ -9,20 +9,41 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.datasets import service
-from service.datasets.schemas import DatasetOut
+from service.datasets.schemas import (
+    EXAMPLE_SPECS,
+    NAME_MAX,
+    UPLOAD_EXAMPLES,
+    DatasetOut,
+    DatasetUpload,
+)
 from service.errors import BodyTooLarge
 from service.jobs.deps import SessionDep, StoreDep, require_scope
+from service.openapi import errors, request_body
 from service.registry import service as registry
 from service.registry.models import Dataset
+from service.registry.records import ID_PATTERN
 
 router = APIRouter(tags=["datasets"])
 TrainCaller = Annotated[str, Depends(require_scope("train"))]
 MAX_DATASET_BYTES = 512 * 1024 * 1024
+_UPLOAD_DOC = request_body(
+    {
+        "application/x-ndjson": (str, UPLOAD_EXAMPLES["application/x-ndjson"]),
+        "multipart/form-data": (DatasetUpload, UPLOAD_EXAMPLES["multipart/form-data"]),
+    },
+    description="A JSON Lines file of samples (DESIGN s2): the raw body, or the `file` part of a form.",
+)
+_UPLOAD_ERRORS = errors(
+    422,
+    notes={
+        422: "A line, the specs or the name is invalid; `line` and `field` name it (code `dataset_invalid`)."
+    },
+)
 
 
 def dataset_out(row: Dataset) -> dict[str, Any]:
@@ -51,14 +72,22 @@ async def _read_upload(request: Request) -> tuple[bytes, dict[str, Any]]:
     return await request.body(), {}
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetOut)
+@router.post(
+    "/datasets",
+    status_code=201,
+    response_model=DatasetOut,
+    responses=_UPLOAD_ERRORS,
+    openapi_extra=_UPLOAD_DOC,
+)
 async def upload_dataset(
     request: Request,
     session: SessionDep,
     store: StoreDep,
     caller: TrainCaller,
-    name: Annotated[str | None, Query(max_length=256)] = None,
-    specs: Annotated[str | None, Query(description="task-spec JSON to validate labels against")] = None,
+    name: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
+    specs: Annotated[
+        str | None, Query(description="task-spec JSON to validate labels against", examples=[EXAMPLE_SPECS])
+    ] = None,
 ) -> Any:
     """Validate every line, summarise, store by digest (the same bytes answer the stored dataset)."""
     length = int(request.headers.get("content-length") or 0)
@@ -85,6 +114,8 @@ async def upload_dataset(
     return dataset_out(row)
 
 
-@router.get("/datasets/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: SessionDep, _: TrainCaller) -> Any:
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut, responses=errors(404, 422))
+def get_dataset(
+    dataset_id: Annotated[str, Path(pattern=ID_PATTERN)], session: SessionDep, _: TrainCaller
+) -> Any:
     return dataset_out(registry.get_dataset(session=session, dataset_id=dataset_id))

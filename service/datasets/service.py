@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from flame_core.specs import SpecError, SpecSet
 from flame_core.validation import SampleInvalid, validate_sample
 from service.artifacts import ArtifactStore
+from service.datasets.schemas import NAME_MAX
 from service.errors import PayloadInvalid
 from service.jobs.specs import stage_specs, version_specs
 from service.registry import service as registry
@@ -182,6 +183,8 @@ def upload_dataset(
     created_by: str | None = None,
 ) -> Dataset:
     """Validate and summarise `data` (JSONL), then store it; the same bytes return the stored dataset."""
+    if len(name) > NAME_MAX or "\x00" in name:
+        raise DatasetInvalid(f"must be at most {NAME_MAX} characters and have no NUL", field="name")
     specs = upload_specs(session=session, inline=inline_specs)
     samples = validate_lines(parse_jsonl(data), specs)
     summary = summarise(samples, specs)

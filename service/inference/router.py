@@ -4,46 +4,54 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from service.auth.models import ApiKey
 from service.deps import HostDep, SettingsDep, require_scope
 from service.errors import PayloadInvalid
 from service.inference import service
-from service.inference.schemas import PredictBatch, PredictResponse, Sample
+from service.inference.schemas import PREDICT_EXAMPLES, PredictBatch, PredictResponse, Sample
 from service.limits import parse_json
+from service.openapi import errors, request_body
 from service.registry.audit import PredictionRecord
+from service.registry.records import NAME_PATTERN
 
 router = APIRouter(tags=["inference"])
 
-_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        Sample.model_json_schema(ref_template="#/components/schemas/{model}"),
-                        PredictBatch.model_json_schema(ref_template="#/components/schemas/{model}"),
-                    ]
-                }
-            }
-        },
-    }
-}
+TaskPath = Annotated[str, Path(pattern=NAME_PATTERN, examples=["mortality"], description="a served task")]
+_BODY_DOC = request_body(
+    {"application/json": (Sample | PredictBatch, PREDICT_EXAMPLES)},
+    description='One sample, or `{"instances": [...]}`. JSON only; values are checked against the '
+    "modality specs and global bounds.",
+)
+_ERRORS = errors(
+    404,
+    415,
+    422,
+    429,
+    503,
+    notes={
+        404: "The active model version does not serve this task (code `task_not_found`).",
+        422: "A sample or the body is invalid; `field` names it, e.g. "
+        "`instances[2].modalities.labs.values[3]` (codes `sample_invalid`; `payload_invalid`, also for "
+        "JSON nested too deep, an integer literal too long or an unknown query parameter; "
+        "`prediction_not_finite` if the model's output for the sample is not a finite number).",
+        503: "No model version is loaded yet (code `model_not_ready`).",
+    },
+)
 
 
 @router.post(
     "/predict/{task}",
     response_model=PredictResponse,
-    response_model_exclude_none=True,
+    responses=_ERRORS,
     openapi_extra=_BODY_DOC,
 )
 async def predict_route(
-    task: str,
+    task: TaskPath,
     request: Request,
     host: HostDep,
     settings: SettingsDep,

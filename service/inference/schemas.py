@@ -1,39 +1,122 @@
 """Pydantic shapes of `POST /predict/{task}` at the edge (for OpenAPI and response checking).
 
 The request body is read as plain JSON and checked by `flame_core.validation` (which names the
-exact field path of a bad value); the model below documents it for clients.
+exact field path of a bad value); the request models below document it for clients and fuzzers.
+Response models promise exactly what is returned: every field is always present (`null` only where
+the type says so).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+Number = float | None
+
+
+class TimeseriesPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="timeseries")
+
+    times: list[float] = Field(description="hours, non-decreasing, one per row of `values`")
+    values: list[list[Number]] = Field(description="T x D values; `null` marks a missing value")
+
+
+class TabularPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="tabular")
+
+    values: list[Number] = Field(description="D values; `null` marks a missing value")
+
+
+class TextPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="text")
+
+    text: str
+
+
+class EmbeddingPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="embedding")
+
+    embedding: list[float] = Field(description="one D-vector")
+
+
+class EmbeddingSeriesPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="embeddings")
+
+    embeddings: list[list[float]] = Field(description="N x D vectors")
+    times: list[float] | None = Field(default=None, description="hours, one per vector (default all 0)")
+
+
+class ImagePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="image")
+
+    pixels: list[list[float]] | list[list[list[float]]] = Field(description="H x W or C x H x W")
+
+
+ModalityPayload = (
+    TimeseriesPayload
+    | TabularPayload
+    | TextPayload
+    | EmbeddingPayload
+    | EmbeddingSeriesPayload
+    | ImagePayload
+)
+Label = int | float | str | list[int] | None
 
 
 class Sample(BaseModel):
-    """One sample in the DESIGN s2 JSON format; labels, if sent, are checked and ignored."""
+    """One sample in the DESIGN s2 format. Any of the task's modalities may be absent (at least one
+    is needed); modalities the task does not read are reported as `ignored`. Labels, if sent, are
+    checked and ignored."""
 
-    id: str | int | None = None
-    modalities: dict[str, Any] = Field(description="modality name -> payload (timeseries, tabular, ...)")
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int | None = Field(default=None, description="echoed back (as a string) in the prediction")
+    modalities: dict[str, ModalityPayload] = Field(
+        description="modality name -> payload; the payload's kind is the modality's (see GET /tasks)"
+    )
+    label: Label = None
+    labels: dict[str, Label] | None = None
 
 
 class PredictBatch(BaseModel):
-    instances: list[Sample] = Field(description="up to FLAME_MAX_INSTANCES samples")
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Sample] = Field(min_length=1, description="up to FLAME_MAX_INSTANCES samples")
 
 
-class Output(BaseModel):
-    """Head-specific fields: binary `probability`+`label`; multiclass `probabilities`+`label`
-    (+`class_name`); multilabel `probabilities` (name -> p) + `labels` (names with p >= 0.5);
-    regression `value`."""
+class _Out(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
-    type: Literal["binary", "multiclass", "multilabel", "regression"]
-    probability: float | None = None
-    probabilities: list[float] | dict[str, float] | None = None
-    label: int | None = None
-    class_name: str | None = None
-    labels: list[str] | None = None
-    value: float | None = None
+
+class BinaryOutput(_Out):
+    type: Literal["binary"]
+    probability: float
+    label: int = Field(description="1 when probability >= 0.5")
+    class_name: str | None = Field(default=None, description="the head's name for `label`, if it has names")
+
+
+class MulticlassOutput(_Out):
+    type: Literal["multiclass"]
+    probabilities: list[float]
+    label: int = Field(description="the most probable class")
+    class_name: str | None = Field(default=None, description="the head's name for `label`, if it has names")
+
+
+class MultilabelOutput(_Out):
+    type: Literal["multilabel"]
+    probabilities: dict[str, float] = Field(description="label name -> probability")
+    labels: list[str] = Field(description="names with probability >= 0.5")
+
+
+class RegressionOutput(_Out):
+    type: Literal["regression"]
+    value: float
+
+
+Output = Annotated[
+    BinaryOutput | MulticlassOutput | MultilabelOutput | RegressionOutput, Field(discriminator="type")
+]
 
 
 class ModalityUse(BaseModel):
@@ -49,22 +132,26 @@ class Route(BaseModel):
     weights: list[float]
 
 
-class OutOfRange(BaseModel):
-    """A value inside the accepted bound but outside what the model saw in training for this task."""
+class OutOfTrainingRange(BaseModel):
+    """A value inside the accepted bounds but outside what the model saw in training."""
 
-    field: str = Field(description="dotted path of the value, e.g. modalities.labs.values[3]")
-    low: float | None = Field(description="smallest training value of the feature (null: never observed)")
-    high: float | None = Field(description="largest training value of the feature (null: never observed)")
+    field: str = Field(examples=["modalities.labs.values[3]"])
+    low: float | None = Field(
+        description="the lowest value of this feature in training (null: never observed)"
+    )
+    high: float | None = Field(
+        description="the highest value of this feature in training (null: never observed)"
+    )
 
 
-class Prediction(BaseModel):
-    id: str | None
+class Prediction(_Out):
+    id: str | None = Field(description="the sample's id, or null if it had none")
     output: Output
     modalities: ModalityUse
     routing: dict[str, Route] = Field(description="per used modality: top-k experts and gate weights")
-    out_of_training_range: list[OutOfRange] = Field(
+    out_of_training_range: list[OutOfTrainingRange] = Field(
         default_factory=list,
-        description="inputs outside the task's training range (the prediction extrapolates); at most 32",
+        description="values the model is extrapolating on (empty when none; at most 32 are listed)",
     )
 
 
@@ -74,3 +161,33 @@ class PredictResponse(BaseModel):
     model_version: str
     cursor: int = Field(description="the continual stage whose weights serve this task")
     predictions: list[Prediction]
+
+
+# A sample of the demo model (synthetic-icu specs): cxr is absent, one lab is missing.
+EXAMPLE_SAMPLE: dict[str, Any] = {
+    "id": "patient-17",
+    "modalities": {
+        "vitals": {
+            "times": [0.5, 1.25, 4.0],
+            "values": [
+                [0.1, -0.3, 0.8, None, 0.0, 1.2],
+                [0.2, -0.1, 0.7, 0.4, None, 1.1],
+                [0.3, 0.0, 0.9, 0.5, 0.1, 1.0],
+            ],
+        },
+        "labs": {"values": [-0.4, -1.0, -1.2, -0.3, -0.5, -0.8, -0.7, -0.4, 0.3, 0.2, 0.3, None]},
+        "notes": {"text": "Respirations labored. Kidneys adequate. Will reassess in the morning."},
+    },
+}
+PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "one_sample": {"summary": "one sample with some modalities absent", "value": EXAMPLE_SAMPLE},
+    "instances": {
+        "summary": "several samples in one request",
+        "value": {
+            "instances": [
+                EXAMPLE_SAMPLE,
+                {"id": 18, "modalities": {"labs": EXAMPLE_SAMPLE["modalities"]["labs"]}},
+            ]
+        },
+    },
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Body, Depends, Header, Path, Query
 
 from service.jobs import service
 from service.jobs.deps import (
@@ -16,6 +16,8 @@ from service.jobs.deps import (
 )
 from service.jobs.queue import QueueFull, enqueue, has_room
 from service.jobs.schemas import (
+    ACTIVATE_EXAMPLES,
+    STAGE_EXAMPLES,
     ActivateOut,
     ActivateRequest,
     JobAccepted,
@@ -26,19 +28,50 @@ from service.jobs.schemas import (
     VersionDetail,
     VersionOut,
 )
+from service.openapi import errors
 from service.registry import service as registry
+from service.registry.records import ID_PATTERN, NAME_PATTERN, VERSION_PATTERN
 
 router = APIRouter(tags=["jobs"])
 TrainCaller = Annotated[str, Depends(require_scope("train"))]
 AdminCaller = Annotated[str, Depends(require_scope("admin"))]
-VersionQuery = Annotated[str | None, Query(max_length=32)]
+VersionQuery = Annotated[
+    str | None, Query(pattern=VERSION_PATTERN, description="a model version (default: the active one)")
+]
+VersionPath = Annotated[str, Path(pattern=VERSION_PATTERN, examples=["v1"])]
+TaskName = Annotated[str, Path(pattern=NAME_PATTERN, examples=["mortality"])]
+JobId = Annotated[str, Path(pattern=ID_PATTERN)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+StageBody = Annotated[StageRequest, Body(openapi_examples=STAGE_EXAMPLES)]
+ActivateBody = Annotated[ActivateRequest | None, Body(openapi_examples=ACTIVATE_EXAMPLES)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+_NO_VERSION = (
+    "No version is active yet, or `version` is unknown (codes `alias_not_found`, `version_not_found`)."
+)
 
 
-@router.post("/tasks", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/tasks",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=errors(
+        400,
+        404,
+        409,
+        422,
+        503,
+        notes={
+            404: "A dataset id is unknown, or no version is active yet.",
+            409: "The Idempotency-Key was used for a different request, or a task of the request is "
+            "already served or being added by another job (code `task_exists`).",
+            422: "The task specs, options or datasets cannot make this stage (codes `request_invalid`, "
+            "`spec_invalid`, `dataset_unsuitable` naming `datasets.<split>`).",
+            503: "The training queue is full (code `queue_full`).",
+        },
+    ),
+)
 def submit_task(
-    body: StageRequest,
+    body: StageBody,
     session: SessionDep,
     settings: SettingsDep,
     job_queue: JobQueueDep,
@@ -63,7 +96,7 @@ def submit_task(
     return {"job_id": job.id, "state": "queued" if new else job.state}
 
 
-@router.get("/jobs", response_model=JobPage)
+@router.get("/jobs", response_model=JobPage, responses=errors(422))
 def list_jobs(
     session: SessionDep,
     _: TrainCaller,
@@ -79,13 +112,17 @@ def list_jobs(
     )
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, _: TrainCaller) -> Any:
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404, 422))
+def get_job(job_id: JobId, session: SessionDep, _: TrainCaller) -> Any:
     return service.job_out(registry.get_job(session=session, job_id=job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep, caller: TrainCaller) -> Any:
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses=errors(404, 409, 422, notes={409: "The job already succeeded or failed."}),
+)
+def cancel_job(job_id: JobId, session: SessionDep, caller: TrainCaller) -> Any:
     """Cancel a queued job at once; a running one stops at its next epoch (`cancel_requested` until
     then) and registers nothing. A succeeded or failed job is a 409."""
     job = registry.request_cancel(session=session, job_id=job_id, by=caller)
@@ -97,15 +134,15 @@ def _version(session: Any, version: str | None) -> str:
     return version or registry.resolve_alias(session=session, alias="active").id
 
 
-@router.get("/tasks", response_model=list[TaskOut])
+@router.get("/tasks", response_model=list[TaskOut], responses=errors(404, 422, notes={404: _NO_VERSION}))
 def list_tasks(session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
     """Tasks the version (default: active) serves, in the order they were introduced."""
     rows = registry.list_tasks(session=session, version=_version(session, version))
     return [service.task_out(t) for t in rows]
 
 
-@router.get("/tasks/{name}", response_model=TaskOut)
-def get_task(name: str, session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
+@router.get("/tasks/{name}", response_model=TaskOut, responses=errors(404, 422))
+def get_task(name: TaskName, session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
     return service.task_out(registry.get_task(session=session, name=name, version=_version(session, version)))
 
 
@@ -114,18 +151,31 @@ def list_models(session: SessionDep, _: TrainCaller) -> Any:
     return service.list_versions_out(session=session)
 
 
-@router.get("/models/{version}", response_model=VersionDetail)
-def get_model(version: str, session: SessionDep, _: TrainCaller) -> Any:
+@router.get("/models/{version}", response_model=VersionDetail, responses=errors(404, 422))
+def get_model(version: VersionPath, session: SessionDep, _: TrainCaller) -> Any:
     return service.version_detail(session=session, version=version)
 
 
-@router.post("/models/{version}/activate", response_model=ActivateOut)
+@router.post(
+    "/models/{version}/activate",
+    response_model=ActivateOut,
+    responses=errors(
+        400,
+        404,
+        409,
+        422,
+        notes={
+            404: "The version, or an alias other than `active`, does not exist.",
+            409: "The version is not `ready` (only ready versions can be aliased).",
+        },
+    ),
+)
 def activate_model(
-    version: str,
+    version: VersionPath,
     session: SessionDep,
     caller: AdminCaller,
     host: OptionalHostDep,
-    body: ActivateRequest | None = None,
+    body: ActivateBody = None,
 ) -> Any:
     """Move `active` (or `body.alias`) to `version`: rollback or roll-forward, recorded in its history.
     The replica that answers serves the alias's version before it answers; the others hear of the

@@ -7,6 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.registry.records import NAME_PATTERN
+
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
+
 
 class StageDatasets(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -130,8 +134,12 @@ class VersionDetail(VersionOut):
 class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="", max_length=1000)
-    alias: str = "active"
+    reason: str = Field(default="", max_length=1000, pattern=NO_NUL, description="kept in the alias history")
+    alias: str = Field(
+        default="active",
+        pattern=NAME_PATTERN,
+        description="the alias to move: `active`, or another alias that already exists",
+    )
 
 
 class AliasMove(BaseModel):
@@ -149,3 +157,38 @@ class ActivateOut(BaseModel):
     previous: str | None
     history: list[AliasMove]
     serving: str | None = None  # what the replica that answered serves now (it reloads before answering)
+
+
+STAGE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "new_task": {
+        "summary": "teach the model a new task from two uploaded datasets",
+        "value": {
+            "tasks": [{"name": "readmission", "modalities": ["labs", "cxr"], "head": {"type": "binary"}}],
+            "datasets": {
+                "train": "7d0c6a4e-2f49-4b8e-9d55-1f3f0f6f1a01",
+                "validation": "0b9e8f1c-93a4-4e11-8d0e-5d7c2b4c3a02",
+            },
+            "options": {"epochs": 10, "rank": "auto", "energy": 0.99},
+        },
+    },
+    "new_modality": {
+        "summary": "a task on a new modality, declared with it",
+        "value": {
+            "modalities": {"ecg": {"kind": "embedding", "dim": 16}},
+            "tasks": [
+                {"name": "arrhythmia_ecg", "modalities": ["ecg", "vitals"], "head": {"type": "binary"}}
+            ],
+            "datasets": {
+                "train": "7d0c6a4e-2f49-4b8e-9d55-1f3f0f6f1a01",
+                "validation": "0b9e8f1c-93a4-4e11-8d0e-5d7c2b4c3a02",
+            },
+        },
+    },
+}
+ACTIVATE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "rollback": {
+        "summary": "move `active` back to this version",
+        "value": {"reason": "rollback: AUROC drop"},
+    },
+    "alias": {"summary": "move an existing alias", "value": {"alias": "active", "reason": "roll forward"}},
+}

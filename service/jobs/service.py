@@ -24,6 +24,7 @@ from service.registry.errors import TaskExists
 from service.registry.models import Job, ModelVersion, Task
 
 STAGE_KIND = "stage"
+ACTIVE_ALIAS = "active"
 
 
 def submit_stage(
@@ -206,12 +207,20 @@ def version_detail(*, session: Session, version: str) -> dict[str, Any]:
 
 
 def activate(*, session: Session, version: str, alias: str, moved_by: str, reason: str) -> dict[str, Any]:
-    """Point `alias` at `version` (a rollback or roll-forward); the move is recorded in its history."""
+    """Point `alias` at `version` (a rollback or roll-forward); the move is recorded in its history.
+    Only `active` may come into being here: any other alias must exist already (AliasNotFound)."""
     try:
         previous: str | None = registry.resolve_alias(session=session, alias=alias).id
     except registry_errors.AliasNotFound:
         previous = None
-    registry.move_alias(session=session, alias=alias, version=version, moved_by=moved_by, reason=reason)
+    registry.move_alias(
+        session=session,
+        alias=alias,
+        version=version,
+        moved_by=moved_by,
+        reason=reason,
+        create=alias == ACTIVE_ALIAS,
+    )
     history = [
         {
             "alias": h.alias,

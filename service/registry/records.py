@@ -11,7 +11,10 @@ from typing import Any
 
 from service.registry.models import MODALITY_KINDS, Modality, Task
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # flame_core's rule, capped at 64
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # flame_core's rule, capped at 64
+NAME = re.compile(NAME_PATTERN)
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"  # "v1", "v2", ... or a name given at registration
+ID_PATTERN = r"^[A-Za-z0-9-]{1,36}$"  # uuid4 strings: jobs and datasets
 
 
 def check_name(value: str, what: str) -> str:

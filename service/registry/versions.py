@@ -27,11 +27,17 @@ from service.registry.errors import AliasNotFound, CapacityExceeded, Conflict
 from service.registry.lineage import get_version, lineage_ids
 from service.registry.models import VERSION_STATUSES, Alias, AliasHistory, Component, ModelVersion
 from service.registry.notify import publish_alias_move
-from service.registry.records import ComponentRecord, ModalityRecord, TaskRecord, check_name
+from service.registry.records import (
+    VERSION_PATTERN,
+    ComponentRecord,
+    ModalityRecord,
+    TaskRecord,
+    check_name,
+)
 from service.registry.tasks import plan_new_specs
 
 FileSource = bytes | str | os.PathLike[str]
-_VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_VERSION_ID = re.compile(VERSION_PATTERN)
 _AUTO_ID = re.compile(r"^v(\d+)$")
 
 
@@ -195,8 +201,11 @@ def list_aliases(*, session: Session) -> dict[str, str]:
     return {a.name: a.version_id for a in session.scalars(select(Alias).order_by(Alias.name))}
 
 
-def move_alias_to(*, session: Session, alias: str, version: str, moved_by: str, reason: str = "") -> Alias:
-    """Point `alias` at `version` and record who moved it from where; a no-op if it already does."""
+def move_alias_to(
+    *, session: Session, alias: str, version: str, moved_by: str, reason: str = "", create: bool = True
+) -> Alias:
+    """Point `alias` at `version` and record who moved it from where; a no-op if it already does.
+    With `create=False` an alias that does not exist yet is AliasNotFound, not a new alias."""
     check_name(alias, "alias")
     if not moved_by:
         raise ValueError("moved_by must name who moves the alias")
@@ -207,6 +216,8 @@ def move_alias_to(*, session: Session, alias: str, version: str, moved_by: str, 
             field="version",
         )
     row = session.scalars(select(Alias).where(Alias.name == alias).with_for_update()).one_or_none()
+    if row is None and not create:
+        raise AliasNotFound(f"alias {alias!r} does not exist, so it cannot be moved", field="alias")
     previous = row.version_id if row is not None else None
     if previous == version:
         return row  # type: ignore[return-value]

@@ -112,3 +112,20 @@ def test_bad_lines_answer_422_with_line_and_field(client, samples):  # type: ign
     r = client.post("/datasets", content=_jsonl(samples[:1]), params={"specs": "[1]"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "specs"
     assert client.post("/datasets", content="").status_code == 422
+
+
+@pytest.mark.parametrize("name", ["x" * 257, "train\x00set"])
+def test_bad_name_is_422_naming_it_on_every_backend(client, samples, name):  # type: ignore[no-untyped-def]
+    """A multipart name (or file name) the column cannot hold is the client's error, not a 500."""
+    files = {"file": ("train.jsonl", _jsonl(samples[:2]).encode())}
+    r = client.post("/datasets", files=files, data={"name": name})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "dataset_invalid" and r.json()["error"]["field"] == "name"
+    if len(name) > 256:  # the file's name is the default name (a NUL in it never arrives)
+        r = client.post("/datasets", files={"file": (name, _jsonl(samples[:2]).encode())})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "name", r.text
+
+
+def test_malformed_dataset_id_is_422_unknown_is_404(client):  # type: ignore[no-untyped-def]
+    assert client.get("/datasets/not%20an%20id").status_code == 422
+    assert client.get("/datasets/0b9e8f1c-93a4-4e11-8d0e-5d7c2b4c3a02").status_code == 404
