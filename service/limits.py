@@ -4,8 +4,8 @@
   integer or a 2,000-deep array is a 422 naming `body`, never a 500 from the parser). Array lengths
   need no separate bound here: the body-size limit caps the whole document, and validation checks
   each array's length (instances, time steps, dims) before it walks the elements.
-- `ContentTypeMiddleware`: a request body that is not JSON is a 415 on every JSON route (multipart
-  routes excepted), instead of a confusing 422 about the body's shape.
+- `ContentTypeMiddleware`: a request body that is not JSON is a 415 on every JSON route (the upload
+  routes `POST /datasets` and `POST /models` excepted), instead of a confusing 422 about its shape.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.errors import PayloadInvalid, error_body
 
 MAX_INT_DIGITS = 32  # an integer literal longer than this is no clinical value (floats are unbounded text)
-MULTIPART_PATHS = ("/datasets",)  # routes whose bodies are uploads, not JSON documents
-MULTIPART_ROUTES = ("/models",)  # exactly these paths (`POST /models/{v}/activate` stays JSON)
+UPLOAD_PATHS = frozenset({"/datasets", "/models"})  # POST bodies that are uploads, not JSON documents
 _JSON_TYPES = ("application/json",)
 
 
@@ -56,10 +55,11 @@ class ContentTypeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH"):
-            path = scope.get("path", "")
-            content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
-            upload = path.startswith(MULTIPART_PATHS) or path in MULTIPART_ROUTES
-            if content_type and not is_json(content_type) and not upload:
+            headers = dict(scope.get("headers") or [])
+            content_type = headers.get(b"content-type", b"").decode("latin-1")
+            has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+            upload = scope.get("path", "").rstrip("/") in UPLOAD_PATHS  # exact: /models/{v}/activate is JSON
+            if has_body and content_type and not is_json(content_type) and not upload:
                 media = content_type.split(";", 1)[0].strip()[:64]
                 body = error_body(
                     "unsupported_media_type",

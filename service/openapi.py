@@ -4,7 +4,8 @@ route can answer is documented with the body it has, and the routes that need a 
 Routes declare their own outcomes (`responses=errors(404, 409)`) and non-pydantic bodies
 (`openapi_extra=request_body(...)`); `install_openapi(app)` post-processes FastAPI's document once and
 caches it: our error body replaces FastAPI's default 422 everywhere, an operation that needs a key
-documents 401 and 403, one with a body 413, every one 500, and the schemas that request bodies refer
+documents 401, 403 and 503 (its database may be down), one with a body 413 (and 415 if the body is
+JSON), every one 500, and the schemas that request bodies refer
 to are hoisted into `components`.
 """
 
@@ -65,7 +66,10 @@ _ERROR_DOC: dict[int, str] = {
     ),
     429: "Too many requests are queued; retry after `Retry-After` seconds.",
     500: "An unexpected error (code `internal`); it is logged with the request id.",
-    503: "Not ready or the queue is full; retry after `Retry-After` seconds.",
+    503: (
+        "Not ready, the queue is full, or the database is unreachable (code `database_unavailable`); "
+        "retry after `Retry-After` seconds."
+    ),
 }
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True, "description": "`Bearer`"}},
@@ -139,10 +143,12 @@ def finish_document(doc: dict[str, Any]) -> dict[str, Any]:
             if "422" in responses and _is_fastapi_422(responses["422"]):
                 responses["422"] = _error_response(422)
             needed = [500]
-            if operation.get("security"):
-                needed += [401, 403]
+            if operation.get("security"):  # the key is checked against the registry (or its cache)
+                needed += [401, 403, 503]
             if "requestBody" in operation:
                 needed += [413]
+                if "application/json" in operation["requestBody"].get("content", {}):
+                    needed += [415]
             for code in needed:
                 responses.setdefault(str(code), _error_response(code))
             operation["responses"] = dict(sorted(responses.items()))

@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 
 from service.auth import service
 from service.auth.models import ApiKey
 from service.auth.schemas import KeyCreate, KeyCreated, KeyOut
 from service.deps import KeyCacheDep, SessionDep, require_scope
+from service.openapi import errors
 
 router = APIRouter(tags=["keys"])
 AdminKey = Annotated[ApiKey | None, Depends(require_scope("admin"))]
+KeyBody = Annotated[
+    KeyCreate,
+    Body(
+        openapi_examples={
+            "ward_app": {
+                "summary": "a prediction key for one client app, valid 30 days",
+                "value": {"name": "icu-dashboard", "scopes": ["predict"], "expires_in": "30d"},
+            },
+            "trainer": {"summary": "an ML engineer's key", "value": {"name": "ml-team", "scopes": ["train"]}},
+        }
+    ),
+]
 
 
-@router.get("/keys", response_model=list[KeyOut])
+@router.get("/keys", response_model=list[KeyOut], responses=errors(422))
 def list_keys(session: SessionDep, _: AdminKey, include_revoked: Annotated[bool, Query()] = False) -> Any:
     """API keys, oldest first (expired ones included; revoked ones with `include_revoked=true`)."""
     return [
@@ -27,8 +40,8 @@ def list_keys(session: SessionDep, _: AdminKey, include_revoked: Annotated[bool,
     ]
 
 
-@router.post("/keys", status_code=201, response_model=KeyCreated)
-def create_key(body: KeyCreate, session: SessionDep, _: AdminKey) -> Any:
+@router.post("/keys", status_code=201, response_model=KeyCreated, responses=errors(422))
+def create_key(body: KeyBody, session: SessionDep, _: AdminKey) -> Any:
     """Mint a key; its token is in this answer and nowhere else (only a hash is stored)."""
     key, token = service.create_api_key(
         session=session, name=body.name, scopes=body.scopes, expires_at=body.expiry()
@@ -37,7 +50,7 @@ def create_key(body: KeyCreate, session: SessionDep, _: AdminKey) -> Any:
     return {**service.key_out(key), "token": token}
 
 
-@router.delete("/keys/{key_id}", response_model=KeyOut)
+@router.delete("/keys/{key_id}", response_model=KeyOut, responses=errors(404, 422))
 def revoke_key(key_id: str, session: SessionDep, cache: KeyCacheDep, _: AdminKey) -> Any:
     """Revoke a key (by id or prefix) for good; revoking it again changes nothing."""
     key = service.revoke_api_key(session=session, key_id=key_id)
