@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.datasets import service
 from service.datasets.schemas import (
@@ -62,7 +63,10 @@ def dataset_out(row: Dataset) -> dict[str, Any]:
 async def _read_upload(request: Request) -> tuple[bytes, dict[str, Any]]:
     """The JSONL bytes and the form fields (multipart), or the raw body and no fields."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except StarletteHTTPException as e:  # a malformed form: the client's data, so a 422 like a bad line
+            raise service.DatasetInvalid(f"not a valid multipart form: {e.detail}", field="file") from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise service.DatasetInvalid("multipart upload needs a 'file' part with the JSONL", field="file")

@@ -129,3 +129,11 @@ def test_bad_name_is_422_naming_it_on_every_backend(client, samples, name):  # t
 def test_malformed_dataset_id_is_422_unknown_is_404(client):  # type: ignore[no-untyped-def]
     assert client.get("/datasets/not%20an%20id").status_code == 422
     assert client.get("/datasets/0b9e8f1c-93a4-4e11-8d0e-5d7c2b4c3a02").status_code == 404
+
+
+def test_malformed_multipart_is_422_naming_file(client):  # type: ignore[no-untyped-def]
+    headers = {"content-type": "multipart/form-data"}  # no boundary, no parts
+    for body in (b"", b"--x\r\nnot a part"):
+        r = client.post("/datasets", content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "dataset_invalid" and r.json()["error"]["field"] == "file"
