@@ -97,7 +97,9 @@ def validate_sample(
     try:
         return _validate(sample, specs, tasks, require_label)
     except SampleInvalid as e:
-        e.sample = index if index is not None else (sample.get("id") if isinstance(sample, dict) else None)
+        sid = sample.get("id") if isinstance(sample, dict) else None
+        readable = isinstance(sid, (str, int)) and not isinstance(sid, bool)  # an invalid id is not echoed
+        e.sample = index if index is not None else (sid if readable else None)
         raise
 
 

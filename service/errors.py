@@ -139,6 +139,9 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, broken multipart)
+        message = f"the request body cannot be read: {exc.detail}"
+        return JSONResponse(error_body(PayloadInvalid.code, message, "body"), status_code=422)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         error_body(code, str(exc.detail), None), status_code=exc.status_code, headers=exc.headers

@@ -53,7 +53,6 @@ class ErrorBody(BaseModel):
 
 
 _ERROR_DOC: dict[int, str] = {
-    400: "The body is not UTF-8, so it cannot be read as JSON (code `http_error`).",
     401: "No valid API key: send `Authorization: Bearer <token>` (code `unauthorized`).",
     403: "The API key lacks the scope this route needs (code `forbidden`).",
     404: "Not found.",
@@ -62,7 +61,8 @@ _ERROR_DOC: dict[int, str] = {
     415: "The body is not `application/json` (code `unsupported_media_type`).",
     422: (
         "The request is invalid; `field` names the offending input (codes `request_invalid`, "
-        "`payload_invalid`, `sample_invalid`, `dataset_invalid`, `spec_invalid`)."
+        "`payload_invalid` (also a body that cannot be read: not UTF-8, a broken multipart form), "
+        "`sample_invalid`, `dataset_invalid`, `spec_invalid`)."
     ),
     429: "Too many requests are queued; retry after `Retry-After` seconds.",
     500: "An unexpected error (code `internal`); it is logged with the request id.",

@@ -46,6 +46,6 @@ def require_scope(scope: str) -> Callable[..., str]:
     key_dependency = require_key(scope)
 
     def caller(key: Annotated[ApiKey | None, Depends(key_dependency)]) -> str:
-        return "anonymous" if key is None else f"key:{key.name}"
+        return "anonymous" if key is None else f"key:{key.name}"[:128]  # fits every *_by column
 
     return caller

@@ -55,7 +55,6 @@ _NO_VERSION = (
     status_code=202,
     response_model=JobAccepted,
     responses=errors(
-        400,
         404,
         409,
         422,
@@ -160,7 +159,6 @@ def get_model(version: VersionPath, session: SessionDep, _: TrainCaller) -> Any:
     "/models/{version}/activate",
     response_model=ActivateOut,
     responses=errors(
-        400,
         404,
         409,
         422,

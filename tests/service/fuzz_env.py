@@ -97,6 +97,10 @@ def build_env(root: Path, *, n: int = 200, epochs: int = 1) -> FuzzEnv:
     version = register_model(session_factory=factory, store=store, cl=ContinualFlame(model.cpu().eval())).id
     with session_scope(factory) as session:
         tokens = {s: create_api_key(session=session, name=s, scopes=[s])[1] for s in SCOPES}
+        # Keys the fuzzer may revoke (DELETE /keys/{key_id}), never the ones it calls with.
+        spare = [
+            create_api_key(session=session, name=f"spare-{i}", scopes=["predict"])[0].id for i in range(8)
+        ]
         plain = [{"id": s["id"], "modalities": s["modalities"]} for s in data.splits["test"][:5]]
         jsonl = "\n".join(json.dumps(s) for s in plain).encode()
         dataset = upload_dataset(session=session, store=store, name="fuzz", data=jsonl, created_by="fuzz")
@@ -114,6 +118,7 @@ def build_env(root: Path, *, n: int = 200, epochs: int = 1) -> FuzzEnv:
             "version": [version],
             "name": list(specs.tasks),
             "task": list(specs.tasks),
+            "key_id": spare,
         }
     app = create_app(settings, reload_interval_s=3600)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -20,11 +20,20 @@ OPERATIONS = {
     "POST /tasks",
     "GET /tasks",
     "GET /tasks/{name}",
+    "GET /jobs",
     "GET /jobs/{job_id}",
+    "POST /jobs/{job_id}/cancel",
     "GET /models",
+    "POST /models",
     "GET /models/{version}",
     "POST /models/{version}/activate",
+    "GET /keys",
+    "POST /keys",
+    "DELETE /keys/{key_id}",
 }
+# A 2xx needs state the fuzzer cannot make: a job still queued or running (the env's job has ended),
+# a valid checkpoint upload (tests/service/registry/test_byom.py registers real ones).
+NO_2XX_EXPECTED = {"POST /jobs/{job_id}/cancel", "POST /models"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +51,8 @@ def test_fuzz_reaches_every_operation_scope_and_the_model(report):  # type: igno
     for label in OPERATIONS - {"GET /healthz", "GET /readyz", "GET /metrics"}:
         seen = report.statuses[label]
         assert seen[401] and seen[403], (label, seen)  # no key, and a key without the scope
-        assert any(200 <= code < 300 for code in seen), (label, seen)  # the right key gets through
+        if label not in NO_2XX_EXPECTED:
+            assert any(200 <= code < 300 for code in seen), (label, seen)  # the right key gets through
     predict = report.statuses["POST /predict/{task}"]
     assert predict[200] >= 0.1 * report.cases["POST /predict/{task}"], predict  # bodies reach the model
     assert predict[422] and predict[404], predict
