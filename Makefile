@@ -12,8 +12,8 @@ install:
 	$(PIP) install -e '.[dev]'
 
 install-system:
-	# docker-compose (Debian's) lets the tests check docker-compose.yml without a Docker engine.
-	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
+	# docker-compose (Debian's, without recommends: no Docker engine) lets the tests check docker-compose.yml.
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
 
 serve: install
 	flame serve

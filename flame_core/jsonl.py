@@ -1,4 +1,4 @@
-"""JSON Lines datasets: one sample object per line (DESIGN.md s2).
+"""JSON Lines datasets: one sample object per line (docs/design.md s2).
 
 Reading names the 1-based line of any bad JSON so a user can fix the file; writing is atomic (temp
 file, then rename) and refuses NaN/Infinity, which are not JSON and which other readers reject.

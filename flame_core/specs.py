@@ -1,4 +1,4 @@
-"""Modality, head and task specs: the contract between data, model and service (DESIGN.md s2)."""
+"""Modality, head and task specs: the contract between data, model and service (docs/design.md s2)."""
 
 from __future__ import annotations
 

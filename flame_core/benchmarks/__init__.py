@@ -1,4 +1,4 @@
-"""Benchmark datasets (DESIGN.md s9): one synthetic generator with known true risks and three real
+"""Benchmark datasets (docs/design.md s9): one synthetic generator with known true risks and three real
 datasets, all returned as specs plus JSON-format samples split into train/val/test."""
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ from service.cli.train import _fail, _load_user_data
 
 def continual_command(
     out: Annotated[Path, typer.Option(help="directory for matrix.json, summary.json (and the checkpoint)")],
-    stream: Annotated[str, typer.Option(help="stages split by ';', tasks by ',': \"pheno;los,ihm;mor\"")],
+    stream: Annotated[
+        str,
+        typer.Option(help="stages split by ';', tasks by ',', e.g. \"mortality;los,acuity;phenotype\""),
+    ],
     strategy: Annotated[
         str, typer.Option(help="flame | finetune | ewc | lora | expand | pas | cram")
     ] = "flame",

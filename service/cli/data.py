@@ -18,7 +18,10 @@ def export(
     split: Annotated[str, typer.Option(help="train | val | test")] = "train",
     spec_out: Annotated[Path | None, typer.Option(help="also write the task-spec JSON here")] = None,
     seed: Annotated[int, typer.Option(help="generator/split seed")] = 0,
-    n: Annotated[int | None, typer.Option(help="number of patients (synthetic-icu)")] = None,
+    n: Annotated[
+        int | None,
+        typer.Option(help="patients in the whole benchmark (synthetic-icu), before the train/val/test split"),
+    ] = None,
 ) -> None:
     """Write one split of a benchmark as JSON Lines (one sample per line, labels per task)."""
     from flame_core.benchmarks import load_benchmark
@@ -33,7 +36,12 @@ def export(
             f"unknown split {split!r}; choose from {sorted(data.splits)}", param_hint="--split"
         )
     write_jsonl(out, data.splits[split])
-    typer.echo(f"wrote {len(data.splits[split])} samples of {benchmark}/{split} to {out}")
+    total = sum(len(v) for v in data.splits.values())
+    shares = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+    typer.echo(
+        f"wrote {len(data.splits[split])} samples of {benchmark}/{split} to {out} "
+        f"(the {split} split of {total} patients: {shares})"
+    )
     if spec_out is not None:
         spec_out.write_text(json.dumps(data.specs.to_dict(), indent=2))
         typer.echo(f"wrote task-spec ({', '.join(data.specs.tasks)}) to {spec_out}")

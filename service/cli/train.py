@@ -17,22 +17,27 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _load_user_data(path: Path, specs, tasks, option: str, *, drop_other_labels: bool = False) -> list[dict]:  # type: ignore[no-untyped-def]
-    """Read and validate a JSONL file. `drop_other_labels` ignores labels of tasks the model lacks
-    (evaluating a model of some tasks on a file labelled for more)."""
-    from flame_core.jsonl import read_jsonl
-    from flame_core.validation import SampleInvalid, validate_dataset
+    """Read and validate a JSONL file; errors name the 1-based line of the file, as the API does.
+    `drop_other_labels` ignores labels of tasks the model lacks (evaluating a model of some tasks on
+    a file labelled for more)."""
+    from flame_core.jsonl import iter_jsonl_numbered
+    from flame_core.validation import SampleInvalid, validate_sample
 
     if not path.is_file():
         raise _fail(f"{option} {path}: file not found")
+    out = []
     try:
-        samples = read_jsonl(path)
-        if drop_other_labels:
-            for s in samples:
-                if isinstance(s.get("labels"), dict):
-                    s["labels"] = {t: v for t, v in s["labels"].items() if t in specs.tasks}
-        return validate_dataset(samples, specs, tasks, require_label=False)
-    except (SampleInvalid, ValueError) as e:
+        for line, sample in iter_jsonl_numbered(path):
+            if drop_other_labels and isinstance(sample.get("labels"), dict):
+                sample["labels"] = {t: v for t, v in sample["labels"].items() if t in specs.tasks}
+            try:
+                out.append(validate_sample(sample, specs, tasks))
+            except SampleInvalid as e:
+                e.sample = None  # the line says where
+                raise _fail(f"{option} {path}: line {line}: {e}") from None
+    except ValueError as e:
         raise _fail(f"{option} {path}: {e}") from None
+    return out
 
 
 def _print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:

@@ -23,6 +23,24 @@ from service.artifacts import LocalArtifactStore
 from service.db import load_models, make_engine, make_session_factory
 
 PG_URL = os.environ.get("FLAME_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Redis databases the tests own (brokers and result backends of the Celery tests); emptied when the
+# session ends so no test leaves keys behind. Override with FLAME_TEST_REDIS_DBS="11,12".
+TEST_REDIS_DBS = [int(d) for d in os.environ.get("FLAME_TEST_REDIS_DBS", "11,12,13,14,15").split(",") if d]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _empty_test_redis_dbs() -> Iterator[None]:
+    yield
+    import redis
+
+    for db in TEST_REDIS_DBS:
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=2)
+        try:
+            client.flushdb()
+        except redis.exceptions.ConnectionError:
+            pass  # no Redis: the tests that need it have already failed and said so
+        finally:
+            client.close()
 
 
 def _admin_engine() -> Engine:

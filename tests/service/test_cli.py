@@ -93,6 +93,7 @@ def test_bad_user_data_names_line_and_field(tmp_path):
     )
     assert r.exit_code == 2
     assert "labs" in r.output and "values" in r.output
+    assert "line 2" in r.output and "sample 1" not in r.output  # lines counted as the API counts them
 
 
 def test_unknown_benchmark_is_rejected(tmp_path):
