@@ -10,20 +10,17 @@ import json
 import os
 import subprocess
 import time
-import uuid
 
 import pytest
 import redis
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from service.artifacts import LocalArtifactStore
-from service.db import load_models, make_engine, make_session_factory
+from service.db import make_session_factory
 from service.jobs.queue import enqueue
 from service.registry import service as registry
 from service.settings import Settings
 
-from ..conftest import PG_URL, start_celery_worker
+from ..conftest import start_celery_worker
 from .conftest import LOS, only_labels, register_pretrained
 
 REDIS_URL = os.environ.get("FLAME_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -38,25 +35,9 @@ def _require_redis() -> None:
         )
 
 
-@pytest.fixture
-def scratch_db(pg_admin):  # type: ignore[no-untyped-def]
-    name = f"flame_celery_{uuid.uuid4().hex[:10]}"
-    with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    load_models().create_all(engine)
-    try:
-        yield url, engine
-    finally:
-        engine.dispose()
-        with pg_admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def test_celery_worker_runs_stage_and_moves_active(scratch_db, tmp_path, icu, pretrained):  # type: ignore[no-untyped-def]
+def test_celery_worker_runs_stage_and_moves_active(scratch_pg, tmp_path, icu, pretrained):  # type: ignore[no-untyped-def]
     _require_redis()
-    url, engine = scratch_db
+    url, engine = scratch_pg
     factory, store = make_session_factory(engine), LocalArtifactStore(tmp_path / "artifacts")
     with factory.begin() as s:
         register_pretrained(s, store, pretrained)
