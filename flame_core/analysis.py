@@ -28,11 +28,11 @@ from flame_core.batch import Batch
 from flame_core.components import as_matrix, energy_spectrum, rank_for_energy
 from flame_core.continual import ContinualFlame
 from flame_core.model import Flame
+from flame_core.naming import is_expert_weight
 from flame_core.statistics import routed_second_moments
 
 LENSES: tuple[str, ...] = ("input", "weight", "data")
 TARGETS: tuple[float, ...] = (0.9, 0.95, 0.99)
-EXPERT_WEIGHTS: tuple[str, ...] = ("conv.weight", "fc1.weight", "fc2.weight")
 
 
 @dataclass
@@ -82,12 +82,6 @@ class SpectrumResult:
             why = " (the expert was never routed to)" if not self.routed else ""
             raise ValueError(f"{self.name}: no {lens!r} spectrum{why}; have {sorted(self.energies)}")
         return self.energies[lens]
-
-
-def is_expert_weight(name: str) -> bool:
-    """`blocks.{i}.moe.experts.{e}.{conv,fc1,fc2}.weight`."""
-    parts = name.split(".")
-    return len(parts) == 7 and parts[2:4] == ["moe", "experts"] and ".".join(parts[-2:]) in EXPERT_WEIGHTS
 
 
 def effective_weights(module: nn.Module, tasks: Sequence[str], cursor: int | None = None) -> dict[str, Any]:

@@ -27,9 +27,10 @@ from flame_core.components import LowRank, choose_rank, truncate
 from flame_core.config import FlameConfig
 from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput, merge_outputs
+from flame_core.naming import param_key, param_name
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import CapacityExceeded, Stage, group_by_cursor, kind_of, materialise, param_key
+from flame_core.stages import CapacityExceeded, Stage, group_by_cursor, kind_of, materialise
 
 __all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "kind_of"]
 
@@ -142,20 +143,20 @@ class ContinualFlame(nn.Module):
         for key, p in self.live_deltas.items():
             if p.dim() < 2:
                 continue  # vectors keep full deltas
-            name = key.replace("__", ".")
+            name = param_name(key)
             c = moments.get(name)
             r = choose_rank(p.detach(), rank, energy, c)
             factored[key] = truncate(p.detach(), r, c) if r > 0 else None
         self._check_budget(
-            {k.replace("__", "."): lr.rank for k, lr in factored.items() if lr is not None}
-            | {k.replace("__", "."): b.shape[1] for k, b in self.live_b.items()}
+            {param_name(k): lr.rank for k, lr in factored.items() if lr is not None}
+            | {param_name(k): b.shape[1] for k, b in self.live_b.items()}
         )
         for key, lr in factored.items():
             del self.live_deltas[key]
             if lr is not None:
                 self.live_b[key] = nn.Parameter(lr.b.clone())
                 self.live_a[key] = nn.Parameter(lr.a.clone())
-        return {k.replace("__", "."): b.shape[1] for k, b in self.live_b.items()}
+        return {param_name(k): b.shape[1] for k, b in self.live_b.items()}
 
     def end_stage(
         self,
@@ -172,13 +173,13 @@ class ContinualFlame(nn.Module):
         deltas: dict[str, LowRank | torch.Tensor] = {}
         for key, p in self.live_deltas.items():  # vectors only, after compress
             if torch.count_nonzero(p):
-                deltas[key.replace("__", ".")] = p.detach().clone()
+                deltas[param_name(key)] = p.detach().clone()
         shapes = {param_key(n): tuple(p.shape) for n, p in self.model.named_parameters()}
         for key, b in self.live_b.items():
             a = self.live_a[key]
-            deltas[key.replace("__", ".")] = LowRank(b.detach().clone(), a.detach().clone(), shapes[key])
+            deltas[param_name(key)] = LowRank(b.detach().clone(), a.detach().clone(), shapes[key])
         stage.deltas = deltas
-        stage.routers = {k.replace("__", "."): p.detach().clone() for k, p in self.live_routers.items()}
+        stage.routers = {param_name(k): p.detach().clone() for k, p in self.live_routers.items()}
         for name, p in self.model.named_parameters():
             if self.birth[name] == stage.index:
                 p.requires_grad_(False)
@@ -220,13 +221,13 @@ class ContinualFlame(nn.Module):
             prev, own = self._params(c - 1), dict(self.model.named_parameters())
             out = {}
             for key, d in self.live_deltas.items():
-                name = key.replace("__", ".")
+                name = param_name(key)
                 out[name] = prev.get(name, own[name]).detach() + d
             for key, b in self.live_b.items():
-                name = key.replace("__", ".")
+                name = param_name(key)
                 base = prev.get(name, own[name]).detach()
                 out[name] = base + (b @ self.live_a[key]).reshape(base.shape)
-            out.update({k.replace("__", "."): p for k, p in self.live_routers.items()})
+            out.update({param_name(k): p for k, p in self.live_routers.items()})
             return out
         if c not in self._cache:
             self._cache[c] = self._materialise(c)

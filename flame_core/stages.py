@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from flame_core.components import LowRank
+from flame_core.naming import param_key
+
+__all__ = ["CapacityExceeded", "Stage", "group_by_cursor", "kind_of", "materialise", "param_key"]
 
 
 class CapacityExceeded(ValueError):
@@ -71,8 +74,3 @@ def group_by_cursor(cursor: Mapping[str, int], tasks: Sequence[str]) -> list[tup
     for t in tasks:
         groups.setdefault(cursor[t], []).append(t)
     return sorted(groups.items())
-
-
-def param_key(name: str) -> str:
-    """A parameter name as a ParameterDict key (dots are not allowed there)."""
-    return name.replace(".", "__")

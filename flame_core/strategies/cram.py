@@ -32,11 +32,10 @@ from torch.func import functional_call
 from flame_core.batch import Batch
 from flame_core.components import as_matrix
 from flame_core.model import Flame, FlameOutput, masked_mean
+from flame_core.naming import is_expert_weight, param_key, param_name
 from flame_core.specs import SpecSet
-from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
 from flame_core.strategies.base import FlameWrapper, Strategy, grow, numel
-from flame_core.strategies.pas import is_expert_matrix
 
 
 def orthonormal_rows(rows: list[torch.Tensor], dim: int) -> torch.Tensor:
@@ -112,10 +111,10 @@ class CramFlame(FlameWrapper):
             self._observe(q)  # the open stage's training batches define its centroid
         deltas: dict[str, torch.Tensor] = {}
         if self.buffer:  # warm-up: the buffer alone, as CRAM routes 100% to it
-            deltas = {k.replace("__", "."): p for k, p in self.buffer.items()}
+            deltas = {param_name(k): p for k, p in self.buffer.items()}
         else:
             weights = self.mix(q, with_open=bool(self.new_b))
-            parts = [*self.slots, {k.replace("__", "."): (b, self.new_a[k]) for k, b in self.new_b.items()}]
+            parts = [*self.slots, {param_name(k): (b, self.new_a[k]) for k, b in self.new_b.items()}]
             for w, slot in zip(weights, parts, strict=False):
                 for name, (b, a) in slot.items():
                     term = w * (b @ a)
@@ -174,7 +173,7 @@ class CramStrategy(Strategy):
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
         self._new = grow(self.net.model, specs)  # expert pools never grow: every expert is old
         for name, p in self.net.model.named_parameters():
-            if is_expert_matrix(name):
+            if is_expert_weight(name):
                 self.net.buffer[param_key(name)] = nn.Parameter(torch.zeros_like(p))
         self.net._q_sum, self.net._q_count = None, 0
         return [*self._new, *self.net.buffer.values()]
@@ -185,7 +184,7 @@ class CramStrategy(Strategy):
         moments, _ = routed_second_moments(net, net.model, train_batch, tasks)
         old = net.slots[1:]
         for key, buf in list(net.buffer.items()):
-            name = key.replace("__", ".")
+            name = param_name(key)
             q_a = orthonormal_rows([s[name][1] for s in old if name in s], as_matrix(buf).shape[1])
             b, a = instantiate(
                 buf.detach(), q_a.to(buf.device), self.tau_alloc, self.tau_novel, self.r_min, self.r_max
@@ -217,8 +216,7 @@ class CramStrategy(Strategy):
         if net.buffer:  # no compress was run (refit disabled by the caller): instantiate now
             self.compress(train_batch, tasks)
         slot = {
-            k.replace("__", "."): (b.detach().clone(), net.new_a[k].detach().clone())
-            for k, b in net.new_b.items()
+            param_name(k): (b.detach().clone(), net.new_a[k].detach().clone()) for k, b in net.new_b.items()
         }
         centroid = net.running_centroid() if net._q_sum is not None else net.query(train_batch, tasks)
         net.slots.append(slot)

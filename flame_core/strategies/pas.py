@@ -30,16 +30,11 @@ from torch.func import functional_call
 
 from flame_core.batch import Batch
 from flame_core.model import Flame, FlameOutput
+from flame_core.naming import expert_weight_name, is_expert_weight, param_key, param_name
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
 from flame_core.strategies.base import FlameWrapper, Strategy, grow, numel
-
-
-def is_expert_matrix(name: str) -> bool:
-    parts = name.split(".")
-    return ".moe.experts." in name and parts[-2] in ("conv", "fc1", "fc2") and parts[-1] == "weight"
 
 
 class PasFlame(FlameWrapper):
@@ -51,7 +46,7 @@ class PasFlame(FlameWrapper):
         self.a, self.b = nn.ParameterDict(), nn.ParameterDict()
         for name, p in model.named_parameters():
             p.requires_grad_(False)
-            if is_expert_matrix(name):
+            if is_expert_weight(name):
                 fan_in, r = p[0].numel(), min(rank, p.shape[0], p[0].numel())
                 self.a[param_key(name)] = nn.Parameter(torch.randn(r, fan_in, device=p.device) * 0.01)
                 self.b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
@@ -67,9 +62,7 @@ class PasFlame(FlameWrapper):
     def pathways(self, block: int) -> torch.Tensor:
         """(E, r, d): the fc1 pathway rows of every expert of `block`."""
         n = self.model.config.n_experts
-        return torch.stack(
-            [self.a[param_key(f"blocks.{block}.moe.experts.{e}.fc1.weight")] for e in range(n)]
-        )
+        return torch.stack([self.a[param_key(expert_weight_name(block, e, "fc1"))] for e in range(n)])
 
     def pas_bias(self, block: int, z: torch.Tensor) -> torch.Tensor:
         """beta * mean_k cos^2(z, a_{e,k}): (B, d) -> (B, E)."""
@@ -81,7 +74,7 @@ class PasFlame(FlameWrapper):
         own = dict(self.model.named_parameters())
         out = {}
         for key, a in self.a.items():
-            name = key.replace("__", ".")
+            name = param_name(key)
             w = own[name]
             out[name] = w + (self.b[key] @ a).reshape(w.shape)
         return out
@@ -161,7 +154,7 @@ class PasStrategy(Strategy):
             p.requires_grad_(False)
         moments, _ = routed_second_moments(self.net, self.net.model, train_batch, tasks)
         for key, a in self.net.a.items():
-            c = moments.get(key.replace("__", "."))
+            c = moments.get(param_name(key))
             new = (
                 torch.zeros(a.shape[0], device=a.device)
                 if c is None
