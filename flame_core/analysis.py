@@ -93,7 +93,7 @@ def effective_weights(module: nn.Module, tasks: Sequence[str], cursor: int | Non
         cursor = max(module.cursor[t] for t in tasks)
     if not 0 <= cursor < len(module.stages):
         raise ValueError(f"cursor {cursor} out of range [0, {len(module.stages) - 1}]")
-    return module._params(cursor)
+    return module.parameters_at(cursor)
 
 
 def pooled_moments(
@@ -111,7 +111,7 @@ def pooled_moments(
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     for c, group in sorted(groups.items()):
-        live = module._live is not None and c == module._live.index
+        live = module.open_stage is not None and c == module.open_stage.index
         runner, named = (module, module.model) if live else (module.cursor_model(c),) * 2
         moments, seen = routed_second_moments(runner, named, batch, group)
         for name, m in moments.items():

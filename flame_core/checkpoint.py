@@ -71,8 +71,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 def continual_tensors(cl: ContinualFlame) -> dict[str, torch.Tensor]:
     """Every tensor of a continual model, by a stable name (model state + frozen stage tensors)."""
-    if cl._live is not None:
-        raise ValueError(f"stage {cl._live.index} is still open; end it before saving")
+    if cl.open_stage is not None:
+        raise ValueError(f"stage {cl.open_stage.index} is still open; end it before saving")
     out = {f"model.{k}": v for k, v in cl.model.state_dict().items()}
     for s in cl.stages:
         for n, d in s.deltas.items():

@@ -69,6 +69,11 @@ class ContinualFlame(nn.Module):
         return self.model.config
 
     @property
+    def open_stage(self) -> Stage | None:
+        """The stage between `begin_stage` and `end_stage`, or None when none is open."""
+        return self._live
+
+    @property
     def current_stage(self) -> int:
         return len(self.stages) - 1 if self._live is None else self._live.index
 
@@ -102,7 +107,7 @@ class ContinualFlame(nn.Module):
                 self.live_a[param_key(name)] = nn.Parameter(
                     torch.randn(r, fan_in, device=p.device) / fan_in**0.5
                 )
-        prev = self._params(t - 1)
+        prev = self.parameters_at(t - 1)
         for m in mods:
             if m in new_mods:
                 continue  # the module's own router, created just now, is this stage's head
@@ -215,10 +220,11 @@ class ContinualFlame(nn.Module):
             )
 
     # ---- cursor forward ----------------------------------------------------------------------------
-    def _params(self, c: int) -> dict[str, torch.Tensor]:
-        """Parameter overrides for cursor c (cached for finished stages; live tensors for the open one)."""
+    def parameters_at(self, c: int) -> dict[str, torch.Tensor]:
+        """Parameter overrides (effective weights by name) for cursor c: cached for finished stages,
+        live tensors for the open one; {} for cursor 0, whose weights are the model's own."""
         if self._live is not None and c == self._live.index:
-            prev, own = self._params(c - 1), dict(self.model.named_parameters())
+            prev, own = self.parameters_at(c - 1), dict(self.model.named_parameters())
             out = {}
             for key, d in self.live_deltas.items():
                 name = param_name(key)
@@ -266,7 +272,7 @@ class ContinualFlame(nn.Module):
                     module.logit_bias = None
             own = dict(model.named_parameters())
             with torch.no_grad():
-                for name, t in self._params(c).items():
+                for name, t in self.parameters_at(c).items():
                     own[name].copy_(t)
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -291,7 +297,7 @@ class ContinualFlame(nn.Module):
         outs = []
         for c, group in group_by_cursor(self.cursor, list(self.specs.tasks) if tasks is None else tasks):
             if self._live is not None and c == self._live.index:
-                outs.append(functional_call(self.model, self._params(c), (batch, group), strict=False))
+                outs.append(functional_call(self.model, self.parameters_at(c), (batch, group), strict=False))
             else:
                 model = self.cursor_model(c)
                 model.train(self.training)

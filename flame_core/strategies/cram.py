@@ -134,6 +134,14 @@ class CramFlame(FlameWrapper):
         self._q_sum = q.detach() if self._q_sum is None else self._q_sum + q.detach()
         self._q_count += 1
 
+    def reset_running_centroid(self) -> None:
+        self._q_sum, self._q_count = None, 0
+
+    @property
+    def observed(self) -> int:
+        """Training batches of the open stage seen so far (they define its centroid)."""
+        return self._q_count
+
     def running_centroid(self) -> torch.Tensor:
         if self._q_sum is None:
             raise RuntimeError("the open stage has no centroid yet: no training batch of it has been seen")
@@ -175,7 +183,7 @@ class CramStrategy(Strategy):
         for name, p in self.net.model.named_parameters():
             if is_expert_weight(name):
                 self.net.buffer[param_key(name)] = nn.Parameter(torch.zeros_like(p))
-        self.net._q_sum, self.net._q_count = None, 0
+        self.net.reset_running_centroid()
         return [*self._new, *self.net.buffer.values()]
 
     def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter]:
@@ -218,7 +226,7 @@ class CramStrategy(Strategy):
         slot = {
             param_name(k): (b.detach().clone(), net.new_a[k].detach().clone()) for k, b in net.new_b.items()
         }
-        centroid = net.running_centroid() if net._q_sum is not None else net.query(train_batch, tasks)
+        centroid = net.running_centroid() if net.observed else net.query(train_batch, tasks)
         net.slots.append(slot)
         net.centroids.append(centroid)
         net.new_b, net.new_a = nn.ParameterDict(), nn.ParameterDict()
