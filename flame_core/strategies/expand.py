@@ -32,14 +32,7 @@ def _block_view(block: FlameBlock, routers: dict[str, Router], experts: Sequence
     """`block` with other router heads and expert pool; attention and norms are the block's own."""
     pool = MoELayer(0, 0, 0, block.moe.kernel, 0.0)  # an empty pool, then the shared experts
     pool.experts.extend(experts)
-    view = FlameBlock.__new__(FlameBlock)
-    nn.Module.__init__(view)
-    view.attn_norm, view.attn, view.moe_norm = block.attn_norm, block.attn, block.moe_norm
-    view.routers = nn.ModuleDict(routers)
-    view.moe = pool
-    view.dropout = block.dropout
-    view.training = block.training
-    return view
+    return block.with_pool(routers, pool)
 
 
 class ExpandFlame(FlameWrapper):
@@ -147,11 +140,8 @@ class ExpandFlame(FlameWrapper):
             routers = {m: r for m in self.specs.modalities if (r := self._router(c, b, m)) is not None}
             experts = [e for e in (*block.moe.experts, *self.added[b].children()) if isinstance(e, Expert)]
             blocks.append(_block_view(block, routers, experts[: self.pool_size[c]]))
-        flame = Flame.__new__(Flame)
-        nn.Module.__init__(flame)
-        flame.config, flame.specs = self.model.config, self.model.specs
-        flame.encoders, flame.blocks, flame.heads = self.model.encoders, blocks, self.model.heads
-        flame.training = self.training
+        flame = Flame(self.model.config, self.model.specs, self.model.encoders, blocks, self.model.heads)
+        flame.training = self.training  # this flag only: the shared parts keep their own
         return flame
 
     def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
