@@ -16,7 +16,7 @@ bit-identical (`torch.equal`) whatever happens later, and after a save/load roun
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,20 +32,26 @@ from flame_core.routing import Router
 from flame_core.specs import SpecSet
 from flame_core.stages import CapacityExceeded, Stage, group_by_cursor, kind_of, materialise
 
-__all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "kind_of"]
+__all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "StageDelta", "full_delta", "kind_of"]
+
+# A stage's trainable delta for one stacked parameter (name, base tensor): a full tensor, factors
+# (B, A) whose product is added, or None for no delta.
+StageDelta = Callable[[str, nn.Parameter], "nn.Parameter | tuple[nn.Parameter, nn.Parameter] | None"]
+
+
+def full_delta(name: str, p: nn.Parameter) -> nn.Parameter:
+    """FLAME's stage delta: zero-initialised at full shape, truncated to rank r by `compress`."""
+    return nn.Parameter(torch.zeros_like(p))
 
 
 class ContinualFlame(nn.Module):
     """A `Flame` model plus its stages and task cursors. `forward(batch, tasks)` runs each task at its
     cursor; during a stage (between `begin_stage` and `end_stage`) the stage's tasks run live."""
 
-    def __init__(self, model: Flame, rank_budget: int | None = None, adapter_rank: int | None = None) -> None:
-        """`adapter_rank` switches the stage parameterisation to LoRA (the `lora` baseline): matrices get
-        a trained `B A` of that rank (B zero, A random) with no truncation, and vectors no delta."""
+    def __init__(self, model: Flame, rank_budget: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.rank_budget = rank_budget
-        self.adapter_rank = adapter_rank
         self.live_a = nn.ParameterDict()
         self.live_b = nn.ParameterDict()
         self.cursor: dict[str, int] = {t: 0 for t in model.specs.tasks}
@@ -78,8 +84,9 @@ class ContinualFlame(nn.Module):
         return len(self.stages) - 1 if self._live is None else self._live.index
 
     # ---- stage lifecycle -------------------------------------------------------------------------
-    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
-        """Open stage t for the new tasks in `specs`; returns exactly the parameters to optimise."""
+    def begin_stage(self, specs: SpecSet, delta: StageDelta = full_delta) -> list[nn.Parameter]:
+        """Open stage t for the new tasks in `specs`; returns exactly the parameters to optimise. `delta`
+        makes each stacked parameter's trainable delta (the `lora` strategy passes its adapters)."""
         if self._live is not None:
             raise RuntimeError(f"stage {self._live.index} is still open; call end_stage first")
         t = len(self.stages)
@@ -98,15 +105,12 @@ class ContinualFlame(nn.Module):
             if name not in before:
                 self.birth[name] = t
                 p.requires_grad_(True)
-            elif kind_of(name) == "stacked" and self.adapter_rank is None:
-                self.live_deltas[param_key(name)] = nn.Parameter(torch.zeros_like(p))
-            elif kind_of(name) == "stacked" and p.dim() >= 2 and self.adapter_rank is not None:
-                fan_in = p[0].numel()
-                r = min(self.adapter_rank, p.shape[0], fan_in)
-                self.live_b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
-                self.live_a[param_key(name)] = nn.Parameter(
-                    torch.randn(r, fan_in, device=p.device) / fan_in**0.5
-                )
+            elif kind_of(name) == "stacked":
+                made = delta(name, p)
+                if isinstance(made, tuple):
+                    self.live_b[param_key(name)], self.live_a[param_key(name)] = made
+                elif made is not None:
+                    self.live_deltas[param_key(name)] = made
         prev = self.parameters_at(t - 1)
         for m in mods:
             if m in new_mods:

@@ -22,6 +22,7 @@ FLAME routers of known modalities stay frozen, new modalities' modules and new h
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -148,27 +149,45 @@ class CramFlame(FlameWrapper):
         return self._q_sum / self._q_count
 
 
-class CramStrategy(Strategy):
-    """Options: tau_alloc (0.08, relative to sigma_1), tau_novel (0.99), r_min (4), r_max (10),
-    sigma (0.25, on unit-norm features), lam_dec (1.0), refit_epochs (the stable phase, 3)."""
+@dataclass
+class CramOptions:
+    """tau_alloc (relative to sigma_1), tau_novel, r_min, r_max, sigma (on unit-norm features), lam_dec,
+    refit_epochs (the stable phase)."""
+
+    tau_alloc: float = 0.08
+    tau_novel: float = 0.99
+    r_min: int = 4
+    r_max: int = 10
+    sigma: float = 0.25
+    lam_dec: float = 1.0
+    refit_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        self.tau_alloc, self.tau_novel = float(self.tau_alloc), float(self.tau_novel)
+        self.r_min, self.r_max, self.refit_epochs = int(self.r_min), int(self.r_max), int(self.refit_epochs)
+        self.sigma, self.lam_dec = float(self.sigma), float(self.lam_dec)
+        if not 1 <= self.r_min <= self.r_max or self.sigma <= 0:
+            raise ValueError(f"cram options need 1 <= r_min <= r_max and sigma > 0, got {self}")
+
+
+class CramStrategy(Strategy[CramOptions]):
+    """CRAM's buffer, adaptive-rank slots and centroid routing (see `CramOptions`)."""
 
     name = "cram"
+    options_type = CramOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.tau_alloc = float(options.get("tau_alloc", 0.08))
-        self.tau_novel = float(options.get("tau_novel", 0.99))
-        self.r_min, self.r_max = int(options.get("r_min", 4)), int(options.get("r_max", 10))
-        self.sigma, self.lam_dec = float(options.get("sigma", 0.25)), float(options.get("lam_dec", 1.0))
-        if not 1 <= self.r_min <= self.r_max or self.sigma <= 0:
-            raise ValueError(f"cram options need 1 <= r_min <= r_max and sigma > 0, got {options}")
+    def __init__(self, options: CramOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        o = self.options
+        self.tau_alloc, self.tau_novel, self.r_min, self.r_max = o.tau_alloc, o.tau_novel, o.r_min, o.r_max
+        self.sigma, self.lam_dec = o.sigma, o.lam_dec
         self._dec: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # weight -> (Q_B, C)
         self._gamma = 0.0
         self._new: list[nn.Parameter] = []
 
     @property
     def refit_epochs(self) -> int:
-        return int(self.options.get("refit_epochs", 3))
+        return self.options.refit_epochs
 
     def wrap(self, model: Flame) -> nn.Module:
         self.net = CramFlame(model, self.sigma)

@@ -14,6 +14,7 @@ router heads and an expert pool over the cursor's experts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -150,16 +151,26 @@ class ExpandFlame(FlameWrapper):
         return merge_outputs([self.view(c)(batch, group) for c, group in group_by_cursor(self.cursor, names)])
 
 
-class ExpandStrategy(Strategy):
-    """Options: n_new (experts added to each block's pool per stage, default 2)."""
+@dataclass
+class ExpandOptions:
+    """n_new: experts added to each block's pool per stage."""
 
-    name = "expand"
+    n_new: int = 2
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.n_new = options.get("n_new", 2)
+    def __post_init__(self) -> None:
         if isinstance(self.n_new, bool) or not isinstance(self.n_new, int) or self.n_new < 1:
             raise ValueError(f"expand option n_new must be an int >= 1, got n_new={self.n_new!r}")
+
+
+class ExpandStrategy(Strategy[ExpandOptions]):
+    """Fresh experts and router heads per stage (see `ExpandOptions`)."""
+
+    name = "expand"
+    options_type = ExpandOptions
+
+    def __init__(self, options: ExpandOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        self.n_new = self.options.n_new
         self._stage_numel = 0
 
     def wrap(self, model: Flame) -> nn.Module:

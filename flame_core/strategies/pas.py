@@ -21,6 +21,7 @@ earlier tasks can drift: that is what this baseline measures against FLAME.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,22 +84,34 @@ class PasFlame(FlameWrapper):
         return functional_call(self.model, self.overrides(), (batch, tasks), strict=False)
 
 
-class PasStrategy(Strategy):
-    """Options: rank (LoRA rank per expert weight, default 32), beta (PAS reweighting, default 4.0),
-    lam (stabilisation strength, default 10.0), c_b (B-side weight, default 0.1), top_p (share of the
-    most important rows that are stabilised, default 0.3)."""
+@dataclass
+class PasOptions:
+    """rank: LoRA rank per expert weight; beta: PAS reweighting; lam: stabilisation strength; c_b: B-side
+    weight; top_p: share of the most important rows that are stabilised."""
+
+    rank: int = 32
+    beta: float = 4.0
+    lam: float = 10.0
+    c_b: float = 0.1
+    top_p: float = 0.3
+
+    def __post_init__(self) -> None:
+        self.rank, self.beta, self.lam = int(self.rank), float(self.beta), float(self.lam)
+        self.c_b, self.top_p = float(self.c_b), float(self.top_p)
+        if self.rank < 1 or self.lam < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"pas options need rank >= 1, lam >= 0 and 0 < top_p <= 1, got {self}")
+
+
+class PasStrategy(Strategy[PasOptions]):
+    """Shared LoRA pathways with PAS reweighting and stabilisation (see `PasOptions`)."""
 
     name = "pas"
+    options_type = PasOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.rank = int(options.get("rank", 32))
-        self.beta = float(options.get("beta", 4.0))
-        self.lam = float(options.get("lam", 10.0))
-        self.c_b = float(options.get("c_b", 0.1))
-        self.top_p = float(options.get("top_p", 0.3))
-        if self.rank < 1 or self.lam < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"pas options need rank >= 1, lam >= 0 and 0 < top_p <= 1, got {options}")
+    def __init__(self, options: PasOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        o = self.options
+        self.rank, self.beta, self.lam, self.c_b, self.top_p = o.rank, o.beta, o.lam, o.c_b, o.top_p
         self.importance: dict[str, torch.Tensor] = {}  # per pathway row, accumulated over stages
         self.anchor_a: dict[str, torch.Tensor] = {}
         self.anchor_b: dict[str, torch.Tensor] = {}
