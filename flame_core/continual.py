@@ -16,7 +16,7 @@ bit-identical (`torch.equal`) whatever happens later, and after a save/load roun
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from flame_core.model import Flame, FlameOutput, merge_outputs
 from flame_core.naming import param_key, param_name
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import CapacityExceeded, Stage, group_by_cursor, kind_of, materialise
+from flame_core.stages import CapacityExceeded, Stage, check_budget, group_by_cursor, kind_of, materialise
 
 __all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "StageDelta", "full_delta", "kind_of"]
 
@@ -156,9 +156,12 @@ class ContinualFlame(nn.Module):
             c = moments.get(name)
             r = choose_rank(p.detach(), rank, energy, c)
             factored[key] = truncate(p.detach(), r, c) if r > 0 else None
-        self._check_budget(
+        check_budget(
+            self._live.index,
+            self.rank_budget,
+            self.reserved_rank(),
             {param_name(k): lr.rank for k, lr in factored.items() if lr is not None}
-            | {param_name(k): b.shape[1] for k, b in self.live_b.items()}
+            | {param_name(k): b.shape[1] for k, b in self.live_b.items()},
         )
         for key, lr in factored.items():
             del self.live_deltas[key]
@@ -206,22 +209,6 @@ class ContinualFlame(nn.Module):
             for n, r in s.ranks.items():
                 total[n] = total.get(n, 0) + r
         return total
-
-    def _check_budget(self, ranks: Mapping[str, int]) -> None:
-        """Refuse the open stage if its `ranks` (per weight name) push any weight past the budget."""
-        if self.rank_budget is None:
-            return
-        reserved = self.reserved_rank()
-        over = {
-            n: reserved.get(n, 0) + r for n, r in ranks.items() if reserved.get(n, 0) + r > self.rank_budget
-        }
-        if over:
-            worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
-            raise CapacityExceeded(
-                f"stage {self._live.index if self._live else '?'} would exceed the reserved-rank budget "
-                f"{self.rank_budget} on {len(over)} weights, e.g. "
-                + ", ".join(f"{n} ({r})" for n, r in worst)
-            )
 
     # ---- cursor forward ----------------------------------------------------------------------------
     def parameters_at(self, c: int) -> dict[str, torch.Tensor]:

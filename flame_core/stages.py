@@ -11,11 +11,35 @@ import torch
 from flame_core.components import LowRank
 from flame_core.naming import param_key
 
-__all__ = ["CapacityExceeded", "Stage", "group_by_cursor", "kind_of", "materialise", "param_key"]
+__all__ = [
+    "CapacityExceeded",
+    "Stage",
+    "check_budget",
+    "group_by_cursor",
+    "kind_of",
+    "materialise",
+    "param_key",
+]
 
 
 class CapacityExceeded(ValueError):
     """A stage would push some weight's cumulative reserved rank past the configured budget."""
+
+
+def check_budget(
+    stage: int, budget: int | None, reserved: Mapping[str, int], ranks: Mapping[str, int]
+) -> None:
+    """Refuse stage `stage` if its `ranks` (per weight name) on top of the `reserved` ones push any
+    weight past `budget` (None: no budget)."""
+    if budget is None:
+        return
+    over = {n: reserved.get(n, 0) + r for n, r in ranks.items() if reserved.get(n, 0) + r > budget}
+    if over:
+        worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
+        raise CapacityExceeded(
+            f"stage {stage} would exceed the reserved-rank budget {budget} on {len(over)} weights, e.g. "
+            + ", ".join(f"{n} ({r})" for n, r in worst)
+        )
 
 
 def kind_of(name: str) -> str:
