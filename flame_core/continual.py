@@ -27,10 +27,10 @@ from flame_core.components import LowRank, choose_rank, truncate
 from flame_core.config import FlameConfig
 from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput, merge_outputs
-from flame_core.naming import param_key, param_name
+from flame_core.naming import kind_of, param_key, param_name, router_place
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import CapacityExceeded, Stage, check_budget, group_by_cursor, kind_of, materialise
+from flame_core.stages import CapacityExceeded, Stage, check_budget, group_by_cursor, materialise
 
 __all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "StageDelta", "full_delta", "kind_of"]
 
@@ -116,7 +116,7 @@ class ContinualFlame(nn.Module):
             if m in new_mods:
                 continue  # the module's own router, created just now, is this stage's head
             for name, p in self.model.named_parameters():
-                if kind_of(name) == "router" and name.split(".")[3] == m:
+                if kind_of(name) == "router" and router_place(name)[1] == m:
                     self.live_routers[param_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
         for x in new_tasks:
             self.cursor[x] = t

@@ -38,3 +38,49 @@ def short_name(name: str) -> str:
         parts = name.split(".")
         return f"b{parts[1]} e{parts[4]} {parts[5]}"
     return name
+
+
+def kind_of(name: str) -> str:
+    """'head' (per task), 'router' (per stage) or 'stacked' (base + per-stage deltas)."""
+    if name.startswith("heads."):
+        return "head"
+    parts = name.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[2] == "routers":
+        return "router"
+    return "stacked"
+
+
+def router_place(name: str) -> tuple[int, str]:
+    """(block, modality) of a router parameter `blocks.{b}.routers.{modality}...`."""
+    if kind_of(name) != "router":
+        raise ValueError(f"{name!r} is not a router parameter")
+    parts = name.split(".")
+    return int(parts[1]), parts[3]
+
+
+# ---- stage tensors in a continual checkpoint ------------------------------------------------------
+STAGE_PARTS: tuple[str, ...] = ("router", "full", "b", "a")
+
+
+def stage_tensor_key(stage: int, name: str, part: str) -> str:
+    """`stage{i}.router.{name}` for a router head, `stage{i}.delta.{name}.{full,b,a}` for a delta."""
+    if part == "router":
+        return f"stage{stage}.router.{name}"
+    if part in STAGE_PARTS:
+        return f"stage{stage}.delta.{name}.{part}"
+    raise ValueError(f"unknown stage tensor part {part!r}; choose from {STAGE_PARTS}")
+
+
+def parse_stage_tensor_key(key: str) -> tuple[int, str, str] | None:
+    """The inverse of `stage_tensor_key`: (stage, parameter name, part), or None for another key."""
+    head, _, rest = key.partition(".")
+    digits = head[len("stage") :]
+    if not head.startswith("stage") or not digits.isdigit() or str(int(digits)) != digits:
+        return None
+    kind, _, rest = rest.partition(".")
+    if kind == "router":
+        return int(digits), rest, "router"
+    name, _, part = rest.rpartition(".")
+    if kind == "delta" and part in STAGE_PARTS[1:]:
+        return int(digits), name, part
+    return None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flame_core.components import LowRank
-from flame_core.naming import param_key
+from flame_core.naming import kind_of, param_key
 
 __all__ = [
     "CapacityExceeded",
@@ -40,16 +40,6 @@ def check_budget(
             f"stage {stage} would exceed the reserved-rank budget {budget} on {len(over)} weights, e.g. "
             + ", ".join(f"{n} ({r})" for n, r in worst)
         )
-
-
-def kind_of(name: str) -> str:
-    """'head' (per task), 'router' (per stage) or 'stacked' (base + per-stage deltas)."""
-    if name.startswith("heads."):
-        return "head"
-    parts = name.split(".")
-    if parts[0] == "blocks" and len(parts) > 2 and parts[2] == "routers":
-        return "router"
-    return "stacked"
 
 
 def materialise(base: torch.Tensor, deltas: Sequence[LowRank | torch.Tensor]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 from flame_core.batch import Batch
 from flame_core.losses import task_loss
 from flame_core.model import Flame
+from flame_core.naming import kind_of
 from flame_core.specs import SpecSet
 from flame_core.strategies.base import Strategy, numel
 from flame_core.strategies.finetune import train_everything
@@ -29,7 +30,7 @@ FISHER_MAX_BATCHES = 20
 
 def is_shared(name: str) -> bool:
     """Everything but the per-task heads is shared by tasks of several stages."""
-    return not name.startswith("heads.")
+    return kind_of(name) != "head"
 
 
 def diagonal_fisher(

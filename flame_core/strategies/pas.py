@@ -31,7 +31,14 @@ from torch.func import functional_call
 
 from flame_core.batch import Batch
 from flame_core.model import Flame, FlameOutput
-from flame_core.naming import expert_weight_name, is_expert_weight, param_key, param_name
+from flame_core.naming import (
+    expert_weight_name,
+    is_expert_weight,
+    kind_of,
+    param_key,
+    param_name,
+    router_place,
+)
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
 from flame_core.statistics import routed_second_moments
@@ -57,7 +64,7 @@ class PasFlame(FlameWrapper):
         stage 0 stays the shared pretrained model, which random pathways would only add noise to."""
         for name, module in self.model.named_modules():
             if isinstance(module, Router):
-                block = int(name.split(".")[1])  # blocks.<b>.routers.<modality>
+                block = router_place(name)[0]
                 module.logit_bias = lambda z, b=block: self.pas_bias(b, z)
 
     def pathways(self, block: int) -> torch.Tensor:
@@ -126,7 +133,8 @@ class PasStrategy(Strategy[PasOptions]):
         new = grow(self.net.model, specs)
         self.net.hook_routers()
         fresh = {id(p) for p in new}
-        routers = [p for n, p in self.net.model.named_parameters() if ".routers." in n and id(p) not in fresh]
+        named = self.net.model.named_parameters()
+        routers = [p for n, p in named if kind_of(n) == "router" and id(p) not in fresh]
         self._stage_new = numel(new)
         params = [*new, *routers, *self.net.a.values(), *self.net.b.values()]
         for p in params:
@@ -191,7 +199,7 @@ class PasStrategy(Strategy[PasOptions]):
     def stage_parameters(self) -> int:
         # The adapters and routers changed; anchors and importances are kept beside them.
         adapters = numel(self.net.a.values()) + numel(self.net.b.values())
-        routers = numel(p for n, p in self.net.model.named_parameters() if ".routers." in n)
+        routers = numel(p for n, p in self.net.model.named_parameters() if kind_of(n) == "router")
         return 2 * adapters + numel(self.importance.values()) + routers + self._stage_new
 
     def serving_parameters(self) -> int:
