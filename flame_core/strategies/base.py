@@ -86,6 +86,8 @@ class Strategy(Generic[OptionsT]):
             raise ValueError(f"{self.name}: pass an options dataclass or keyword options, not both")
         if options is None:
             options = make_options(self.options_type, self.name, values)
+        if not isinstance(options, self.options_type):
+            raise ValueError(f"{self.name} options must be {self.options_type.__name__}, got {options!r}")
         self.options: OptionsT = options
         self.module: nn.Module | None = None
 

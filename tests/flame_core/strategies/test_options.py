@@ -55,6 +55,8 @@ def test_options_are_typed_and_keywords_build_the_same_dataclass() -> None:
     assert build_strategy("flame", rank=4, energy=0.9, refit_epochs=1).options == given
     with pytest.raises(ValueError, match="not both"):
         FlameStrategy(given, rank=2)
+    with pytest.raises(ValueError, match="FlameOptions"):
+        FlameStrategy(LoraOptions())  # type: ignore[arg-type]
 
 
 def test_bad_values_raise_naming_the_option() -> None:
