@@ -28,11 +28,11 @@ from flame_core.batch import Batch
 from flame_core.components import as_matrix, energy_spectrum, rank_for_energy
 from flame_core.continual import ContinualFlame
 from flame_core.model import Flame
+from flame_core.naming import is_expert_weight
 from flame_core.statistics import routed_second_moments
 
 LENSES: tuple[str, ...] = ("input", "weight", "data")
 TARGETS: tuple[float, ...] = (0.9, 0.95, 0.99)
-EXPERT_WEIGHTS: tuple[str, ...] = ("conv.weight", "fc1.weight", "fc2.weight")
 
 
 @dataclass
@@ -84,12 +84,6 @@ class SpectrumResult:
         return self.energies[lens]
 
 
-def is_expert_weight(name: str) -> bool:
-    """`blocks.{i}.moe.experts.{e}.{conv,fc1,fc2}.weight`."""
-    parts = name.split(".")
-    return len(parts) == 7 and parts[2:4] == ["moe", "experts"] and ".".join(parts[-2:]) in EXPERT_WEIGHTS
-
-
 def effective_weights(module: nn.Module, tasks: Sequence[str], cursor: int | None = None) -> dict[str, Any]:
     """Overrides of a `ContinualFlame` at `cursor` (default: the latest cursor among `tasks`), i.e. base
     plus the stacked deltas up to it; {} for a plain `Flame`, whose parameters are the weights."""
@@ -99,7 +93,7 @@ def effective_weights(module: nn.Module, tasks: Sequence[str], cursor: int | Non
         cursor = max(module.cursor[t] for t in tasks)
     if not 0 <= cursor < len(module.stages):
         raise ValueError(f"cursor {cursor} out of range [0, {len(module.stages) - 1}]")
-    return module._params(cursor)
+    return module.parameters_at(cursor)
 
 
 def pooled_moments(
@@ -117,7 +111,7 @@ def pooled_moments(
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     for c, group in sorted(groups.items()):
-        live = module._live is not None and c == module._live.index
+        live = module.open_stage is not None and c == module.open_stage.index
         runner, named = (module, module.model) if live else (module.cursor_model(c),) * 2
         moments, seen = routed_second_moments(runner, named, batch, group)
         for name, m in moments.items():

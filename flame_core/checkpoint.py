@@ -17,6 +17,7 @@ from flame_core.components import LowRank
 from flame_core.config import FlameConfig
 from flame_core.continual import ContinualFlame, Stage
 from flame_core.model import Flame, build_flame
+from flame_core.naming import parse_stage_tensor_key, stage_tensor_key
 from flame_core.specs import SpecSet
 
 WEIGHTS = "model.safetensors"
@@ -71,17 +72,17 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 def continual_tensors(cl: ContinualFlame) -> dict[str, torch.Tensor]:
     """Every tensor of a continual model, by a stable name (model state + frozen stage tensors)."""
-    if cl._live is not None:
-        raise ValueError(f"stage {cl._live.index} is still open; end it before saving")
+    if cl.open_stage is not None:
+        raise ValueError(f"stage {cl.open_stage.index} is still open; end it before saving")
     out = {f"model.{k}": v for k, v in cl.model.state_dict().items()}
     for s in cl.stages:
         for n, d in s.deltas.items():
             if isinstance(d, LowRank):
-                out[f"stage{s.index}.delta.{n}.b"], out[f"stage{s.index}.delta.{n}.a"] = d.b, d.a
+                out[stage_tensor_key(s.index, n, "b")], out[stage_tensor_key(s.index, n, "a")] = d.b, d.a
             else:
-                out[f"stage{s.index}.delta.{n}.full"] = d
+                out[stage_tensor_key(s.index, n, "full")] = d
         for n, r in s.routers.items():
-            out[f"stage{s.index}.router.{n}"] = r
+            out[stage_tensor_key(s.index, n, "router")] = r
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
@@ -138,17 +139,16 @@ def build_continual(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> C
         i = s["index"]
         stage = Stage(i, list(s["tasks"]), list(s["modalities"]), list(s["new_modalities"]))
         for key, v in tensors.items():
-            prefix = f"stage{i}."
-            if not key.startswith(prefix):
+            parsed = parse_stage_tensor_key(key)
+            if parsed is None or parsed[0] != i:
                 continue
-            rest = key[len(prefix) :]
-            if rest.startswith("router."):
-                stage.routers[rest[len("router.") :]] = v
-            elif rest.endswith(".full"):
-                stage.deltas[rest[len("delta.") : -len(".full")]] = v
-            elif rest.endswith(".b"):
-                name = rest[len("delta.") : -len(".b")]
-                a = tensors[f"{prefix}delta.{name}.a"]
+            _, name, part = parsed
+            if part == "router":
+                stage.routers[name] = v
+            elif part == "full":
+                stage.deltas[name] = v
+            elif part == "b":
+                a = tensors[stage_tensor_key(i, name, "a")]
                 stage.deltas[name] = LowRank(v, a, tuple(s["shapes"][name]))
         cl.stages.append(stage)
     cl.eval()

@@ -16,7 +16,7 @@ bit-identical (`torch.equal`) whatever happens later, and after a save/load roun
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,24 +27,31 @@ from flame_core.components import LowRank, choose_rank, truncate
 from flame_core.config import FlameConfig
 from flame_core.experts import Expert
 from flame_core.model import Flame, FlameOutput, merge_outputs
+from flame_core.naming import kind_of, param_key, param_name, router_place
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import CapacityExceeded, Stage, group_by_cursor, kind_of, materialise, param_key
+from flame_core.stages import CapacityExceeded, Stage, check_budget, group_by_cursor, materialise
 
-__all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "kind_of"]
+__all__ = ["CapacityExceeded", "ContinualFlame", "Stage", "StageDelta", "full_delta", "kind_of"]
+
+# A stage's trainable delta for one stacked parameter (name, base tensor): a full tensor, factors
+# (B, A) whose product is added, or None for no delta.
+StageDelta = Callable[[str, nn.Parameter], "nn.Parameter | tuple[nn.Parameter, nn.Parameter] | None"]
+
+
+def full_delta(name: str, p: nn.Parameter) -> nn.Parameter:
+    """FLAME's stage delta: zero-initialised at full shape, truncated to rank r by `compress`."""
+    return nn.Parameter(torch.zeros_like(p))
 
 
 class ContinualFlame(nn.Module):
     """A `Flame` model plus its stages and task cursors. `forward(batch, tasks)` runs each task at its
     cursor; during a stage (between `begin_stage` and `end_stage`) the stage's tasks run live."""
 
-    def __init__(self, model: Flame, rank_budget: int | None = None, adapter_rank: int | None = None) -> None:
-        """`adapter_rank` switches the stage parameterisation to LoRA (the `lora` baseline): matrices get
-        a trained `B A` of that rank (B zero, A random) with no truncation, and vectors no delta."""
+    def __init__(self, model: Flame, rank_budget: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.rank_budget = rank_budget
-        self.adapter_rank = adapter_rank
         self.live_a = nn.ParameterDict()
         self.live_b = nn.ParameterDict()
         self.cursor: dict[str, int] = {t: 0 for t in model.specs.tasks}
@@ -68,12 +75,18 @@ class ContinualFlame(nn.Module):
         return self.model.config
 
     @property
+    def open_stage(self) -> Stage | None:
+        """The stage between `begin_stage` and `end_stage`, or None when none is open."""
+        return self._live
+
+    @property
     def current_stage(self) -> int:
         return len(self.stages) - 1 if self._live is None else self._live.index
 
     # ---- stage lifecycle -------------------------------------------------------------------------
-    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
-        """Open stage t for the new tasks in `specs`; returns exactly the parameters to optimise."""
+    def begin_stage(self, specs: SpecSet, delta: StageDelta = full_delta) -> list[nn.Parameter]:
+        """Open stage t for the new tasks in `specs`; returns exactly the parameters to optimise. `delta`
+        makes each stacked parameter's trainable delta (the `lora` strategy passes its adapters)."""
         if self._live is not None:
             raise RuntimeError(f"stage {self._live.index} is still open; call end_stage first")
         t = len(self.stages)
@@ -92,21 +105,18 @@ class ContinualFlame(nn.Module):
             if name not in before:
                 self.birth[name] = t
                 p.requires_grad_(True)
-            elif kind_of(name) == "stacked" and self.adapter_rank is None:
-                self.live_deltas[param_key(name)] = nn.Parameter(torch.zeros_like(p))
-            elif kind_of(name) == "stacked" and p.dim() >= 2 and self.adapter_rank is not None:
-                fan_in = p[0].numel()
-                r = min(self.adapter_rank, p.shape[0], fan_in)
-                self.live_b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
-                self.live_a[param_key(name)] = nn.Parameter(
-                    torch.randn(r, fan_in, device=p.device) / fan_in**0.5
-                )
-        prev = self._params(t - 1)
+            elif kind_of(name) == "stacked":
+                made = delta(name, p)
+                if isinstance(made, tuple):
+                    self.live_b[param_key(name)], self.live_a[param_key(name)] = made
+                elif made is not None:
+                    self.live_deltas[param_key(name)] = made
+        prev = self.parameters_at(t - 1)
         for m in mods:
             if m in new_mods:
                 continue  # the module's own router, created just now, is this stage's head
             for name, p in self.model.named_parameters():
-                if kind_of(name) == "router" and name.split(".")[3] == m:
+                if kind_of(name) == "router" and router_place(name)[1] == m:
                     self.live_routers[param_key(name)] = nn.Parameter(prev.get(name, p).detach().clone())
         for x in new_tasks:
             self.cursor[x] = t
@@ -142,20 +152,23 @@ class ContinualFlame(nn.Module):
         for key, p in self.live_deltas.items():
             if p.dim() < 2:
                 continue  # vectors keep full deltas
-            name = key.replace("__", ".")
+            name = param_name(key)
             c = moments.get(name)
             r = choose_rank(p.detach(), rank, energy, c)
             factored[key] = truncate(p.detach(), r, c) if r > 0 else None
-        self._check_budget(
-            {k.replace("__", "."): lr.rank for k, lr in factored.items() if lr is not None}
-            | {k.replace("__", "."): b.shape[1] for k, b in self.live_b.items()}
+        check_budget(
+            self._live.index,
+            self.rank_budget,
+            self.reserved_rank(),
+            {param_name(k): lr.rank for k, lr in factored.items() if lr is not None}
+            | {param_name(k): b.shape[1] for k, b in self.live_b.items()},
         )
         for key, lr in factored.items():
             del self.live_deltas[key]
             if lr is not None:
                 self.live_b[key] = nn.Parameter(lr.b.clone())
                 self.live_a[key] = nn.Parameter(lr.a.clone())
-        return {k.replace("__", "."): b.shape[1] for k, b in self.live_b.items()}
+        return {param_name(k): b.shape[1] for k, b in self.live_b.items()}
 
     def end_stage(
         self,
@@ -172,13 +185,13 @@ class ContinualFlame(nn.Module):
         deltas: dict[str, LowRank | torch.Tensor] = {}
         for key, p in self.live_deltas.items():  # vectors only, after compress
             if torch.count_nonzero(p):
-                deltas[key.replace("__", ".")] = p.detach().clone()
+                deltas[param_name(key)] = p.detach().clone()
         shapes = {param_key(n): tuple(p.shape) for n, p in self.model.named_parameters()}
         for key, b in self.live_b.items():
             a = self.live_a[key]
-            deltas[key.replace("__", ".")] = LowRank(b.detach().clone(), a.detach().clone(), shapes[key])
+            deltas[param_name(key)] = LowRank(b.detach().clone(), a.detach().clone(), shapes[key])
         stage.deltas = deltas
-        stage.routers = {k.replace("__", "."): p.detach().clone() for k, p in self.live_routers.items()}
+        stage.routers = {param_name(k): p.detach().clone() for k, p in self.live_routers.items()}
         for name, p in self.model.named_parameters():
             if self.birth[name] == stage.index:
                 p.requires_grad_(False)
@@ -197,36 +210,21 @@ class ContinualFlame(nn.Module):
                 total[n] = total.get(n, 0) + r
         return total
 
-    def _check_budget(self, ranks: Mapping[str, int]) -> None:
-        """Refuse the open stage if its `ranks` (per weight name) push any weight past the budget."""
-        if self.rank_budget is None:
-            return
-        reserved = self.reserved_rank()
-        over = {
-            n: reserved.get(n, 0) + r for n, r in ranks.items() if reserved.get(n, 0) + r > self.rank_budget
-        }
-        if over:
-            worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
-            raise CapacityExceeded(
-                f"stage {self._live.index if self._live else '?'} would exceed the reserved-rank budget "
-                f"{self.rank_budget} on {len(over)} weights, e.g. "
-                + ", ".join(f"{n} ({r})" for n, r in worst)
-            )
-
     # ---- cursor forward ----------------------------------------------------------------------------
-    def _params(self, c: int) -> dict[str, torch.Tensor]:
-        """Parameter overrides for cursor c (cached for finished stages; live tensors for the open one)."""
+    def parameters_at(self, c: int) -> dict[str, torch.Tensor]:
+        """Parameter overrides (effective weights by name) for cursor c: cached for finished stages,
+        live tensors for the open one; {} for cursor 0, whose weights are the model's own."""
         if self._live is not None and c == self._live.index:
-            prev, own = self._params(c - 1), dict(self.model.named_parameters())
+            prev, own = self.parameters_at(c - 1), dict(self.model.named_parameters())
             out = {}
             for key, d in self.live_deltas.items():
-                name = key.replace("__", ".")
+                name = param_name(key)
                 out[name] = prev.get(name, own[name]).detach() + d
             for key, b in self.live_b.items():
-                name = key.replace("__", ".")
+                name = param_name(key)
                 base = prev.get(name, own[name]).detach()
                 out[name] = base + (b @ self.live_a[key]).reshape(base.shape)
-            out.update({k.replace("__", "."): p for k, p in self.live_routers.items()})
+            out.update({param_name(k): p for k, p in self.live_routers.items()})
             return out
         if c not in self._cache:
             self._cache[c] = self._materialise(c)
@@ -265,7 +263,7 @@ class ContinualFlame(nn.Module):
                     module.logit_bias = None
             own = dict(model.named_parameters())
             with torch.no_grad():
-                for name, t in self._params(c).items():
+                for name, t in self.parameters_at(c).items():
                     own[name].copy_(t)
             for p in model.parameters():
                 p.requires_grad_(False)
@@ -290,7 +288,7 @@ class ContinualFlame(nn.Module):
         outs = []
         for c, group in group_by_cursor(self.cursor, list(self.specs.tasks) if tasks is None else tasks):
             if self._live is not None and c == self._live.index:
-                outs.append(functional_call(self.model, self._params(c), (batch, group), strict=False))
+                outs.append(functional_call(self.model, self.parameters_at(c), (batch, group), strict=False))
             else:
                 model = self.cursor_model(c)
                 model.train(self.training)

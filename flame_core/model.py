@@ -6,7 +6,7 @@ least one valid token (a time series with no observed value is treated as absent
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -68,17 +68,25 @@ class FlameBlock(nn.Module):
     """Per-modality pre-norm self-attention + residual, then pre-norm MoE + residual. The expert pool is
     shared by all modalities of the block; norms, attention and routers are per modality."""
 
-    def __init__(self, modalities: Sequence[str], config: FlameConfig) -> None:
+    def __init__(
+        self,
+        attn_norm: nn.ModuleDict,
+        attn: nn.ModuleDict,
+        moe_norm: nn.ModuleDict,
+        routers: nn.ModuleDict,
+        moe: MoELayer,
+        dropout: float,
+    ) -> None:
+        """Takes its parts (see `build_block`), so a view can share some of another block's."""
         super().__init__()
-        d = config.d_model
-        self.attn_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
-        self.attn = nn.ModuleDict({m: SelfAttention(d, config.n_heads) for m in modalities})
-        self.moe_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
-        self.routers = nn.ModuleDict(
-            {m: Router(d, config.n_experts, config.top_k, config.gating, config.noise) for m in modalities}
-        )
-        self.moe = MoELayer(d, config.n_experts, config.expert_hidden, config.conv_kernel, config.dropout)
-        self.dropout = config.dropout
+        self.attn_norm, self.attn, self.moe_norm = attn_norm, attn, moe_norm
+        self.routers, self.moe, self.dropout = routers, moe, dropout
+
+    def with_pool(self, routers: Mapping[str, Router], moe: MoELayer) -> FlameBlock:
+        """A block sharing this one's attention and norms, with other router heads and expert pool."""
+        view = FlameBlock(self.attn_norm, self.attn, self.moe_norm, nn.ModuleDict(routers), moe, self.dropout)
+        view.training = self.training  # this flag only: the shared parts keep their own
+        return view
 
     def forward(
         self, xs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
@@ -111,18 +119,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Flame(nn.Module):
     """One encoder per modality in `specs`, `n_blocks` FLAME blocks, one head per task."""
 
-    def __init__(self, config: FlameConfig, specs: SpecSet) -> None:
+    def __init__(
+        self,
+        config: FlameConfig,
+        specs: SpecSet,
+        encoders: nn.ModuleDict,
+        blocks: nn.ModuleList,
+        heads: nn.ModuleDict,
+    ) -> None:
+        """Takes its parts (see `build_flame`), so a view can share another model's modules."""
         super().__init__()
         self.config, self.specs = config, specs
-        names = list(specs.modalities)
-        self.encoders = nn.ModuleDict({m: build_encoder(specs.modalities[m], config) for m in names})
-        self.blocks = nn.ModuleList(FlameBlock(names, config) for _ in range(config.n_blocks))
-        self.heads = nn.ModuleDict(
-            {
-                t: TaskHead(spec.modalities, config.d_model, spec.head.out_dim)
-                for t, spec in specs.tasks.items()
-            }
-        )
+        self.encoders, self.blocks, self.heads = encoders, blocks, heads
 
     def extend(self, specs: SpecSet) -> tuple[list[str], list[str]]:
         """Grow the model for `specs` (a superset of the current ones, see `SpecSet.merge`): fresh
@@ -225,4 +233,25 @@ def build_flame(config: FlameConfig, specs: SpecSet) -> Flame:
     """The FLAME model for `specs`: one encoder and router per modality, one head per task."""
     if not specs.tasks:
         raise ValueError("specs has no tasks: FLAME needs at least one task head")
-    return Flame(config, specs)
+    names = list(specs.modalities)
+    encoders = nn.ModuleDict({m: build_encoder(specs.modalities[m], config) for m in names})
+    blocks = nn.ModuleList(build_block(names, config) for _ in range(config.n_blocks))
+    heads = nn.ModuleDict(
+        {t: TaskHead(spec.modalities, config.d_model, spec.head.out_dim) for t, spec in specs.tasks.items()}
+    )
+    return Flame(config, specs, encoders, blocks, heads)
+
+
+def build_block(modalities: Sequence[str], config: FlameConfig) -> FlameBlock:
+    """A FLAME block with fresh per-modality norms, attention and routers over a fresh expert pool."""
+    d = config.d_model
+    return FlameBlock(
+        nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities}),
+        nn.ModuleDict({m: SelfAttention(d, config.n_heads) for m in modalities}),
+        nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities}),
+        nn.ModuleDict(
+            {m: Router(d, config.n_experts, config.top_k, config.gating, config.noise) for m in modalities}
+        ),
+        MoELayer(d, config.n_experts, config.expert_hidden, config.conv_kernel, config.dropout),
+        config.dropout,
+    )

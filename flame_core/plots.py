@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from flame_core.analysis import LENSES, Fingerprint, SpectrumResult
+from flame_core.naming import short_name
 
 LENS_STYLE = {
     "input": (r"input spectrum (eigenvalues of $C$)", "tab:green"),
@@ -40,14 +41,6 @@ def _save(fig, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
     return out
 
 
-def _short(name: str) -> str:
-    """`blocks.0.moe.experts.3.fc1.weight` -> `b0 e3 fc1`."""
-    parts = name.split(".")
-    if len(parts) == 7 and parts[2:4] == ["moe", "experts"]:
-        return f"b{parts[1]} e{parts[4]} {parts[5]}"
-    return name
-
-
 def plot_spectra(results: Mapping[str, SpectrumResult], out_png: str | Path, title: str = "") -> Path:
     """One small panel per expert weight: cumulative energy against rank under the three lenses, with
     the 0.9 and 0.99 thresholds dashed (the paper's App. D.4 figures)."""
@@ -72,7 +65,7 @@ def plot_spectra(results: Mapping[str, SpectrumResult], out_png: str | Path, tit
         for level in (0.9, 0.99):
             ax.axhline(level, color="tab:red", ls="--", lw=0.8)
         routed = f"{res.rows} rows" if res.routed else "never routed"
-        ax.set_title(f"{_short(res.name)} ({routed})", fontsize=9)
+        ax.set_title(f"{short_name(res.name)} ({routed})", fontsize=9)
         ax.set_ylim(0.0, 1.03)
         ax.set_yticks([0.0, 0.5, 1.0])
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))

@@ -9,20 +9,37 @@ from dataclasses import dataclass, field
 import torch
 
 from flame_core.components import LowRank
+from flame_core.naming import kind_of, param_key
+
+__all__ = [
+    "CapacityExceeded",
+    "Stage",
+    "check_budget",
+    "group_by_cursor",
+    "kind_of",
+    "materialise",
+    "param_key",
+]
 
 
 class CapacityExceeded(ValueError):
     """A stage would push some weight's cumulative reserved rank past the configured budget."""
 
 
-def kind_of(name: str) -> str:
-    """'head' (per task), 'router' (per stage) or 'stacked' (base + per-stage deltas)."""
-    if name.startswith("heads."):
-        return "head"
-    parts = name.split(".")
-    if parts[0] == "blocks" and len(parts) > 2 and parts[2] == "routers":
-        return "router"
-    return "stacked"
+def check_budget(
+    stage: int, budget: int | None, reserved: Mapping[str, int], ranks: Mapping[str, int]
+) -> None:
+    """Refuse stage `stage` if its `ranks` (per weight name) on top of the `reserved` ones push any
+    weight past `budget` (None: no budget)."""
+    if budget is None:
+        return
+    over = {n: reserved.get(n, 0) + r for n, r in ranks.items() if reserved.get(n, 0) + r > budget}
+    if over:
+        worst = sorted(over.items(), key=lambda kv: -kv[1])[:5]
+        raise CapacityExceeded(
+            f"stage {stage} would exceed the reserved-rank budget {budget} on {len(over)} weights, e.g. "
+            + ", ".join(f"{n} ({r})" for n, r in worst)
+        )
 
 
 def materialise(base: torch.Tensor, deltas: Sequence[LowRank | torch.Tensor]) -> torch.Tensor:
@@ -71,8 +88,3 @@ def group_by_cursor(cursor: Mapping[str, int], tasks: Sequence[str]) -> list[tup
     for t in tasks:
         groups.setdefault(cursor[t], []).append(t)
     return sorted(groups.items())
-
-
-def param_key(name: str) -> str:
-    """A parameter name as a ParameterDict key (dots are not allowed there)."""
-    return name.replace(".", "__")

@@ -114,9 +114,10 @@ def run_stream(
                 model = build_flame(model_config, specs)
                 train(model, specs, train_s, val_s, train_config, tasks=tasks)
             module = strategy.wrap(model)
-            hook = getattr(strategy, "after_pretraining", None)
-            if hook is not None:  # e.g. EWC's Fisher on the pretraining tasks
-                hook(collate(train_s, specs, tasks=tasks, tokenizer=model_config.tokenizer()), tasks)
+            # e.g. EWC's Fisher on the pretraining tasks (a no-op for most strategies)
+            strategy.after_pretraining(
+                collate(train_s, specs, tasks=tasks, tokenizer=model_config.tokenizer()), tasks
+            )
             info: dict[str, Any] = {}
             result.before_end.append({})
             result.at_truncation.append({})

@@ -24,9 +24,9 @@ from flame_core.checkpoint import FORMAT_VERSION, build_continual
 from flame_core.config import FlameConfig
 from flame_core.continual import ContinualFlame
 from flame_core.model import Flame, build_flame
+from flame_core.naming import kind_of, parse_stage_tensor_key, stage_tensor_key
 from flame_core.ranges import check_training_ranges
 from flame_core.specs import SpecError, SpecSet
-from flame_core.stages import kind_of
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
@@ -163,17 +163,14 @@ def _stage_shapes(
                     field=f"stages[{i}].ranks",
                 )
             shape, dtype = params[name]
-            out[f"stage{i}.delta.{name}.b"] = ([shape[0], rank], dtype)
-            out[f"stage{i}.delta.{name}.a"] = ([rank, math.prod(shape[1:])], dtype)
+            out[stage_tensor_key(i, name, "b")] = ([shape[0], rank], dtype)
+            out[stage_tensor_key(i, name, "a")] = ([rank, math.prod(shape[1:])], dtype)
         for key in found:
-            if not key.startswith(f"stage{i}.") or key in out:
+            parsed = parse_stage_tensor_key(key)
+            if parsed is None or parsed[0] != i or key in out:
                 continue
-            rest = key[len(f"stage{i}.") :]
-            if rest.startswith("router.") and kind_of(rest[len("router.") :]) == "router":
-                name = rest[len("router.") :]
-            elif rest.startswith("delta.") and rest.endswith(".full"):
-                name = rest[len("delta.") : -len(".full")]
-            else:
+            _, name, part = parsed
+            if not (part == "full" or (part == "router" and kind_of(name) == "router")):
                 continue  # reported as unexpected by _compare
             if name in params:
                 out[key] = params[name]

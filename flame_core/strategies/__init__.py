@@ -9,8 +9,9 @@ from flame_core.strategies.base import Strategy
 STRATEGIES: tuple[str, ...] = ("flame", "finetune", "ewc", "lora", "expand", "pas", "cram")
 
 
-def build_strategy(name: str, **options: Any) -> Strategy:
-    """A fresh strategy by name; options are the strategy's own (rank, energy, lam, ...)."""
+def build_strategy(name: str, **options: Any) -> Strategy[Any]:
+    """A fresh strategy by name; options are the fields of its options dataclass (rank, energy, lam,
+    ...): an unknown one is a ValueError naming it and listing the valid ones."""
     if name == "flame":
         from flame_core.strategies.flame import FlameStrategy
 

@@ -22,6 +22,7 @@ FLAME routers of known modalities stay frozen, new modalities' modules and new h
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,11 +33,10 @@ from torch.func import functional_call
 from flame_core.batch import Batch
 from flame_core.components import as_matrix
 from flame_core.model import Flame, FlameOutput, masked_mean
+from flame_core.naming import is_expert_weight, param_key, param_name
 from flame_core.specs import SpecSet
-from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
 from flame_core.strategies.base import FlameWrapper, Strategy, grow, numel
-from flame_core.strategies.pas import is_expert_matrix
 
 
 def orthonormal_rows(rows: list[torch.Tensor], dim: int) -> torch.Tensor:
@@ -112,10 +112,10 @@ class CramFlame(FlameWrapper):
             self._observe(q)  # the open stage's training batches define its centroid
         deltas: dict[str, torch.Tensor] = {}
         if self.buffer:  # warm-up: the buffer alone, as CRAM routes 100% to it
-            deltas = {k.replace("__", "."): p for k, p in self.buffer.items()}
+            deltas = {param_name(k): p for k, p in self.buffer.items()}
         else:
             weights = self.mix(q, with_open=bool(self.new_b))
-            parts = [*self.slots, {k.replace("__", "."): (b, self.new_a[k]) for k, b in self.new_b.items()}]
+            parts = [*self.slots, {param_name(k): (b, self.new_a[k]) for k, b in self.new_b.items()}]
             for w, slot in zip(weights, parts, strict=False):
                 for name, (b, a) in slot.items():
                     term = w * (b @ a)
@@ -135,33 +135,59 @@ class CramFlame(FlameWrapper):
         self._q_sum = q.detach() if self._q_sum is None else self._q_sum + q.detach()
         self._q_count += 1
 
+    def reset_running_centroid(self) -> None:
+        self._q_sum, self._q_count = None, 0
+
+    @property
+    def observed(self) -> int:
+        """Training batches of the open stage seen so far (they define its centroid)."""
+        return self._q_count
+
     def running_centroid(self) -> torch.Tensor:
         if self._q_sum is None:
             raise RuntimeError("the open stage has no centroid yet: no training batch of it has been seen")
         return self._q_sum / self._q_count
 
 
-class CramStrategy(Strategy):
-    """Options: tau_alloc (0.08, relative to sigma_1), tau_novel (0.99), r_min (4), r_max (10),
-    sigma (0.25, on unit-norm features), lam_dec (1.0), refit_epochs (the stable phase, 3)."""
+@dataclass
+class CramOptions:
+    """tau_alloc (relative to sigma_1), tau_novel, r_min, r_max, sigma (on unit-norm features), lam_dec,
+    refit_epochs (the stable phase)."""
+
+    tau_alloc: float = 0.08
+    tau_novel: float = 0.99
+    r_min: int = 4
+    r_max: int = 10
+    sigma: float = 0.25
+    lam_dec: float = 1.0
+    refit_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        self.tau_alloc, self.tau_novel = float(self.tau_alloc), float(self.tau_novel)
+        self.r_min, self.r_max, self.refit_epochs = int(self.r_min), int(self.r_max), int(self.refit_epochs)
+        self.sigma, self.lam_dec = float(self.sigma), float(self.lam_dec)
+        if not 1 <= self.r_min <= self.r_max or self.sigma <= 0:
+            raise ValueError(f"cram options need 1 <= r_min <= r_max and sigma > 0, got {self}")
+
+
+class CramStrategy(Strategy[CramOptions]):
+    """CRAM's buffer, adaptive-rank slots and centroid routing (see `CramOptions`)."""
 
     name = "cram"
+    options_type = CramOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.tau_alloc = float(options.get("tau_alloc", 0.08))
-        self.tau_novel = float(options.get("tau_novel", 0.99))
-        self.r_min, self.r_max = int(options.get("r_min", 4)), int(options.get("r_max", 10))
-        self.sigma, self.lam_dec = float(options.get("sigma", 0.25)), float(options.get("lam_dec", 1.0))
-        if not 1 <= self.r_min <= self.r_max or self.sigma <= 0:
-            raise ValueError(f"cram options need 1 <= r_min <= r_max and sigma > 0, got {options}")
+    def __init__(self, options: CramOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        o = self.options
+        self.tau_alloc, self.tau_novel, self.r_min, self.r_max = o.tau_alloc, o.tau_novel, o.r_min, o.r_max
+        self.sigma, self.lam_dec = o.sigma, o.lam_dec
         self._dec: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # weight -> (Q_B, C)
         self._gamma = 0.0
         self._new: list[nn.Parameter] = []
 
     @property
     def refit_epochs(self) -> int:
-        return int(self.options.get("refit_epochs", 3))
+        return self.options.refit_epochs
 
     def wrap(self, model: Flame) -> nn.Module:
         self.net = CramFlame(model, self.sigma)
@@ -174,9 +200,9 @@ class CramStrategy(Strategy):
     def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
         self._new = grow(self.net.model, specs)  # expert pools never grow: every expert is old
         for name, p in self.net.model.named_parameters():
-            if is_expert_matrix(name):
+            if is_expert_weight(name):
                 self.net.buffer[param_key(name)] = nn.Parameter(torch.zeros_like(p))
-        self.net._q_sum, self.net._q_count = None, 0
+        self.net.reset_running_centroid()
         return [*self._new, *self.net.buffer.values()]
 
     def compress(self, train_batch: Batch, tasks: Sequence[str]) -> list[nn.Parameter]:
@@ -185,7 +211,7 @@ class CramStrategy(Strategy):
         moments, _ = routed_second_moments(net, net.model, train_batch, tasks)
         old = net.slots[1:]
         for key, buf in list(net.buffer.items()):
-            name = key.replace("__", ".")
+            name = param_name(key)
             q_a = orthonormal_rows([s[name][1] for s in old if name in s], as_matrix(buf).shape[1])
             b, a = instantiate(
                 buf.detach(), q_a.to(buf.device), self.tau_alloc, self.tau_novel, self.r_min, self.r_max
@@ -217,10 +243,9 @@ class CramStrategy(Strategy):
         if net.buffer:  # no compress was run (refit disabled by the caller): instantiate now
             self.compress(train_batch, tasks)
         slot = {
-            k.replace("__", "."): (b.detach().clone(), net.new_a[k].detach().clone())
-            for k, b in net.new_b.items()
+            param_name(k): (b.detach().clone(), net.new_a[k].detach().clone()) for k, b in net.new_b.items()
         }
-        centroid = net.running_centroid() if net._q_sum is not None else net.query(train_batch, tasks)
+        centroid = net.running_centroid() if net.observed else net.query(train_batch, tasks)
         net.slots.append(slot)
         net.centroids.append(centroid)
         net.new_b, net.new_a = nn.ParameterDict(), nn.ParameterDict()

@@ -1,4 +1,4 @@
-"""Online EWC: fine-tuning (`FinetuneStrategy`: every parameter trained in each stage) plus a quadratic
+"""Online EWC: fine-tuning (`train_everything`: every parameter trained in each stage) plus a quadratic
 pull of the shared parameters towards their values after the last stage, weighted by an accumulated
 diagonal Fisher (Kirkpatrick et al. 2017; Schwarz et al. 2018).
 
@@ -10,6 +10,7 @@ later stage never trains an old head and they need no penalty.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,9 +18,11 @@ from torch import nn
 
 from flame_core.batch import Batch
 from flame_core.losses import task_loss
+from flame_core.model import Flame
+from flame_core.naming import kind_of
 from flame_core.specs import SpecSet
-from flame_core.strategies.base import numel
-from flame_core.strategies.finetune import FinetuneStrategy
+from flame_core.strategies.base import Strategy, numel
+from flame_core.strategies.finetune import train_everything
 
 FISHER_BATCH = 64
 FISHER_MAX_BATCHES = 20
@@ -27,7 +30,7 @@ FISHER_MAX_BATCHES = 20
 
 def is_shared(name: str) -> bool:
     """Everything but the per-task heads is shared by tasks of several stages."""
-    return not name.startswith("heads.")
+    return kind_of(name) != "head"
 
 
 def diagonal_fisher(
@@ -80,27 +83,49 @@ def diagonal_fisher(
     return {n: f / used for n, f in fisher.items()}
 
 
-class EwcStrategy(FinetuneStrategy):
-    """Options: lam (penalty strength, default 300.0: of 10..10000 tried on the synthetic-icu and digits
-    smoke streams, it at least halved fine-tuning's forgetting and still learned the new tasks nearly as
-    well), gamma (decay of the old Fisher, default 1.0)."""
+@dataclass
+class EwcOptions:
+    """lam: penalty strength (300.0: of 10..10000 tried on the synthetic-icu and digits smoke streams, it
+    at least halved fine-tuning's forgetting and still learned the new tasks nearly as well); gamma:
+    decay of the old Fisher."""
+
+    lam: float = 300.0
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        given = (self.lam, self.gamma)
+        try:
+            self.lam, self.gamma = float(self.lam), float(self.gamma)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"ewc options lam and gamma must be numbers, got lam={given[0]!r}, gamma={given[1]!r}"
+            ) from exc
+        if not self.lam >= 0:
+            raise ValueError(f"ewc option lam must be >= 0, got lam={given[0]!r}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"ewc option gamma must be in [0, 1], got gamma={given[1]!r}")
+
+
+class EwcStrategy(Strategy[EwcOptions]):
+    """Fine-tuning with the EWC penalty (see `EwcOptions`)."""
 
     name = "ewc"
+    options_type = EwcOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        try:
-            self.lam = float(options.get("lam", 300.0))
-            self.gamma = float(options.get("gamma", 1.0))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"ewc options lam and gamma must be numbers, got {options}") from exc
-        if not self.lam >= 0:
-            raise ValueError(f"ewc option lam must be >= 0, got lam={options.get('lam')!r}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"ewc option gamma must be in [0, 1], got gamma={options.get('gamma')!r}")
+    def __init__(self, options: EwcOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        self.lam, self.gamma = self.options.lam, self.options.gamma
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self.consolidations = 0
+
+    def wrap(self, model: Flame) -> nn.Module:
+        self.model = model
+        self.module = model
+        return model
+
+    def begin_stage(self, specs: SpecSet) -> list[nn.Parameter]:
+        return train_everything(self.model, specs)
 
     def after_pretraining(self, train_batch: Batch, tasks: Sequence[str]) -> None:
         """Fisher and anchor of the stage-0 tasks, so stage 1 already protects them."""
@@ -139,3 +164,6 @@ class EwcStrategy(FinetuneStrategy):
     def stage_parameters(self) -> int:
         # Every weight changed; the Fisher is kept beside them. The anchor is the stage's own weights.
         return numel(self.model.parameters()) + numel(self.fisher.values())
+
+    def serving_parameters(self) -> int:
+        return numel(self.model.parameters())

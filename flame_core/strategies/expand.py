@@ -14,6 +14,7 @@ router heads and an expert pool over the cursor's experts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -32,14 +33,7 @@ def _block_view(block: FlameBlock, routers: dict[str, Router], experts: Sequence
     """`block` with other router heads and expert pool; attention and norms are the block's own."""
     pool = MoELayer(0, 0, 0, block.moe.kernel, 0.0)  # an empty pool, then the shared experts
     pool.experts.extend(experts)
-    view = FlameBlock.__new__(FlameBlock)
-    nn.Module.__init__(view)
-    view.attn_norm, view.attn, view.moe_norm = block.attn_norm, block.attn, block.moe_norm
-    view.routers = nn.ModuleDict(routers)
-    view.moe = pool
-    view.dropout = block.dropout
-    view.training = block.training
-    return view
+    return block.with_pool(routers, pool)
 
 
 class ExpandFlame(FlameWrapper):
@@ -147,11 +141,8 @@ class ExpandFlame(FlameWrapper):
             routers = {m: r for m in self.specs.modalities if (r := self._router(c, b, m)) is not None}
             experts = [e for e in (*block.moe.experts, *self.added[b].children()) if isinstance(e, Expert)]
             blocks.append(_block_view(block, routers, experts[: self.pool_size[c]]))
-        flame = Flame.__new__(Flame)
-        nn.Module.__init__(flame)
-        flame.config, flame.specs = self.model.config, self.model.specs
-        flame.encoders, flame.blocks, flame.heads = self.model.encoders, blocks, self.model.heads
-        flame.training = self.training
+        flame = Flame(self.model.config, self.model.specs, self.model.encoders, blocks, self.model.heads)
+        flame.training = self.training  # this flag only: the shared parts keep their own
         return flame
 
     def forward(self, batch: Batch, tasks: Sequence[str] | None = None) -> FlameOutput:
@@ -160,16 +151,26 @@ class ExpandFlame(FlameWrapper):
         return merge_outputs([self.view(c)(batch, group) for c, group in group_by_cursor(self.cursor, names)])
 
 
-class ExpandStrategy(Strategy):
-    """Options: n_new (experts added to each block's pool per stage, default 2)."""
+@dataclass
+class ExpandOptions:
+    """n_new: experts added to each block's pool per stage."""
 
-    name = "expand"
+    n_new: int = 2
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.n_new = options.get("n_new", 2)
+    def __post_init__(self) -> None:
         if isinstance(self.n_new, bool) or not isinstance(self.n_new, int) or self.n_new < 1:
             raise ValueError(f"expand option n_new must be an int >= 1, got n_new={self.n_new!r}")
+
+
+class ExpandStrategy(Strategy[ExpandOptions]):
+    """Fresh experts and router heads per stage (see `ExpandOptions`)."""
+
+    name = "expand"
+    options_type = ExpandOptions
+
+    def __init__(self, options: ExpandOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        self.n_new = self.options.n_new
         self._stage_numel = 0
 
     def wrap(self, model: Flame) -> nn.Module:

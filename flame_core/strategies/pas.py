@@ -21,6 +21,7 @@ earlier tasks can drift: that is what this baseline measures against FLAME.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,16 +31,18 @@ from torch.func import functional_call
 
 from flame_core.batch import Batch
 from flame_core.model import Flame, FlameOutput
+from flame_core.naming import (
+    expert_weight_name,
+    is_expert_weight,
+    kind_of,
+    param_key,
+    param_name,
+    router_place,
+)
 from flame_core.routing import Router
 from flame_core.specs import SpecSet
-from flame_core.stages import param_key
 from flame_core.statistics import routed_second_moments
 from flame_core.strategies.base import FlameWrapper, Strategy, grow, numel
-
-
-def is_expert_matrix(name: str) -> bool:
-    parts = name.split(".")
-    return ".moe.experts." in name and parts[-2] in ("conv", "fc1", "fc2") and parts[-1] == "weight"
 
 
 class PasFlame(FlameWrapper):
@@ -51,7 +54,7 @@ class PasFlame(FlameWrapper):
         self.a, self.b = nn.ParameterDict(), nn.ParameterDict()
         for name, p in model.named_parameters():
             p.requires_grad_(False)
-            if is_expert_matrix(name):
+            if is_expert_weight(name):
                 fan_in, r = p[0].numel(), min(rank, p.shape[0], p[0].numel())
                 self.a[param_key(name)] = nn.Parameter(torch.randn(r, fan_in, device=p.device) * 0.01)
                 self.b[param_key(name)] = nn.Parameter(torch.zeros(p.shape[0], r, device=p.device))
@@ -61,15 +64,13 @@ class PasFlame(FlameWrapper):
         stage 0 stays the shared pretrained model, which random pathways would only add noise to."""
         for name, module in self.model.named_modules():
             if isinstance(module, Router):
-                block = int(name.split(".")[1])  # blocks.<b>.routers.<modality>
+                block = router_place(name)[0]
                 module.logit_bias = lambda z, b=block: self.pas_bias(b, z)
 
     def pathways(self, block: int) -> torch.Tensor:
         """(E, r, d): the fc1 pathway rows of every expert of `block`."""
         n = self.model.config.n_experts
-        return torch.stack(
-            [self.a[param_key(f"blocks.{block}.moe.experts.{e}.fc1.weight")] for e in range(n)]
-        )
+        return torch.stack([self.a[param_key(expert_weight_name(block, e, "fc1"))] for e in range(n)])
 
     def pas_bias(self, block: int, z: torch.Tensor) -> torch.Tensor:
         """beta * mean_k cos^2(z, a_{e,k}): (B, d) -> (B, E)."""
@@ -81,7 +82,7 @@ class PasFlame(FlameWrapper):
         own = dict(self.model.named_parameters())
         out = {}
         for key, a in self.a.items():
-            name = key.replace("__", ".")
+            name = param_name(key)
             w = own[name]
             out[name] = w + (self.b[key] @ a).reshape(w.shape)
         return out
@@ -90,22 +91,34 @@ class PasFlame(FlameWrapper):
         return functional_call(self.model, self.overrides(), (batch, tasks), strict=False)
 
 
-class PasStrategy(Strategy):
-    """Options: rank (LoRA rank per expert weight, default 32), beta (PAS reweighting, default 4.0),
-    lam (stabilisation strength, default 10.0), c_b (B-side weight, default 0.1), top_p (share of the
-    most important rows that are stabilised, default 0.3)."""
+@dataclass
+class PasOptions:
+    """rank: LoRA rank per expert weight; beta: PAS reweighting; lam: stabilisation strength; c_b: B-side
+    weight; top_p: share of the most important rows that are stabilised."""
+
+    rank: int = 32
+    beta: float = 4.0
+    lam: float = 10.0
+    c_b: float = 0.1
+    top_p: float = 0.3
+
+    def __post_init__(self) -> None:
+        self.rank, self.beta, self.lam = int(self.rank), float(self.beta), float(self.lam)
+        self.c_b, self.top_p = float(self.c_b), float(self.top_p)
+        if self.rank < 1 or self.lam < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"pas options need rank >= 1, lam >= 0 and 0 < top_p <= 1, got {self}")
+
+
+class PasStrategy(Strategy[PasOptions]):
+    """Shared LoRA pathways with PAS reweighting and stabilisation (see `PasOptions`)."""
 
     name = "pas"
+    options_type = PasOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.rank = int(options.get("rank", 32))
-        self.beta = float(options.get("beta", 4.0))
-        self.lam = float(options.get("lam", 10.0))
-        self.c_b = float(options.get("c_b", 0.1))
-        self.top_p = float(options.get("top_p", 0.3))
-        if self.rank < 1 or self.lam < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"pas options need rank >= 1, lam >= 0 and 0 < top_p <= 1, got {options}")
+    def __init__(self, options: PasOptions | None = None, /, **values: Any) -> None:
+        super().__init__(options, **values)
+        o = self.options
+        self.rank, self.beta, self.lam, self.c_b, self.top_p = o.rank, o.beta, o.lam, o.c_b, o.top_p
         self.importance: dict[str, torch.Tensor] = {}  # per pathway row, accumulated over stages
         self.anchor_a: dict[str, torch.Tensor] = {}
         self.anchor_b: dict[str, torch.Tensor] = {}
@@ -120,7 +133,8 @@ class PasStrategy(Strategy):
         new = grow(self.net.model, specs)
         self.net.hook_routers()
         fresh = {id(p) for p in new}
-        routers = [p for n, p in self.net.model.named_parameters() if ".routers." in n and id(p) not in fresh]
+        named = self.net.model.named_parameters()
+        routers = [p for n, p in named if kind_of(n) == "router" and id(p) not in fresh]
         self._stage_new = numel(new)
         params = [*new, *routers, *self.net.a.values(), *self.net.b.values()]
         for p in params:
@@ -161,7 +175,7 @@ class PasStrategy(Strategy):
             p.requires_grad_(False)
         moments, _ = routed_second_moments(self.net, self.net.model, train_batch, tasks)
         for key, a in self.net.a.items():
-            c = moments.get(key.replace("__", "."))
+            c = moments.get(param_name(key))
             new = (
                 torch.zeros(a.shape[0], device=a.device)
                 if c is None
@@ -185,7 +199,7 @@ class PasStrategy(Strategy):
     def stage_parameters(self) -> int:
         # The adapters and routers changed; anchors and importances are kept beside them.
         adapters = numel(self.net.a.values()) + numel(self.net.b.values())
-        routers = numel(p for n, p in self.net.model.named_parameters() if ".routers." in n)
+        routers = numel(p for n, p in self.net.model.named_parameters() if kind_of(n) == "router")
         return 2 * adapters + numel(self.importance.values()) + routers + self._stage_new
 
     def serving_parameters(self) -> int:
