@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
+from service.orm import utcnow
 from service.registry.models import PredictionAudit
 
 

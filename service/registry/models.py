@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base, UTCDateTime, utcnow
+from service.orm import Base, UTCDateTime, one_of, utcnow
 
 VERSION_STATUSES = ("ready", "retired", "candidate")  # candidate: failed the promotion gate
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -34,13 +34,9 @@ FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
 MODALITY_KINDS = ("timeseries", "tabular", "text", "embedding", "image")
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (CheckConstraint(_in("status", VERSION_STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(one_of("status", VERSION_STATUSES), name="status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # "v1", "v2", ...
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
@@ -84,7 +80,7 @@ class Modality(Base):
     __tablename__ = "modalities"
     __table_args__ = (
         UniqueConstraint("name", "version_id"),
-        CheckConstraint(_in("kind", MODALITY_KINDS), name="kind"),
+        CheckConstraint(one_of("kind", MODALITY_KINDS), name="kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -148,7 +144,7 @@ class Dataset(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_in("state", JOB_STATES), name="state"),
+        CheckConstraint(one_of("state", JOB_STATES), name="state"),
         Index("ix_jobs_state_created_at", "state", "created_at"),
     )
 
