@@ -31,6 +31,9 @@ _SQLITE_BEGIN = "sqlite_begin"
 def load_models() -> MetaData:
     """Import every ORM module so `Base.metadata` knows all tables (Alembic, tests)."""
     import service.auth.models  # noqa: F401
+    import service.datasets.models  # noqa: F401
+    import service.inference.models  # noqa: F401
+    import service.jobs.models  # noqa: F401
     import service.registry.models  # noqa: F401
 
     return Base.metadata

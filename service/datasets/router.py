@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.datasets import service
+from service.datasets.models import Dataset
 from service.datasets.schemas import (
     EXAMPLE_SPECS,
     NAME_MAX,
@@ -26,7 +27,6 @@ from service.deps import SessionDep, StoreDep, require_caller
 from service.errors import BodyTooLarge
 from service.openapi import errors, request_body
 from service.registry import service as registry
-from service.registry.models import Dataset
 from service.registry.records import ID_PATTERN
 
 router = APIRouter(tags=["datasets"])

@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 from flame_core.specs import SpecSet
 from service.datasets.service import check_stage_data
 from service.errors import PayloadInvalid
+from service.jobs.models import Job
 from service.jobs.schemas import HEAD_METRICS, StageRequest
 from service.jobs.specs import stage_specs, version_specs
 from service.jobs.stage_lock import lock_submissions
 from service.registry import service as registry
 from service.registry.errors import TaskExists
-from service.registry.models import Job
 
 STAGE_KIND = "stage"
 

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.inference.models import PredictionAudit
 from service.orm import utcnow
-from service.registry.models import PredictionAudit
 
 
 @dataclass(frozen=True)
