@@ -1,33 +1,24 @@
-"""Database plumbing: the declarative base, engines and sessions.
+"""Database plumbing: engines and sessions, and `load_models` for Alembic and tests.
 
-The ORM models of every area (`service.registry.models`, `service.auth.models`) share `Base`, whose
-metadata carries a naming convention so that Alembic migrations name constraints the same way on
-SQLite and PostgreSQL. Schema changes go through Alembic; `create_all` is for tests only.
+The ORM modules (`service.<area>.models`) share `service.orm.Base` and import nothing from here;
+`load_models` imports them when it is called, so no import cycle joins this module and them.
+Schema changes go through Alembic; `create_all` is for tests only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Session, sessionmaker
 
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
+from service.orm import Base
 
 # What a lost database looks like (connection refused or dropped, SQLite unable to open or locked past
 # its busy timeout): the API answers 503 database_unavailable, the key cache and audit writer ride it out.
@@ -37,36 +28,12 @@ DB_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 _SQLITE_BEGIN = "sqlite_begin"
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset; we put it back)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware UTC datetime")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def load_models() -> MetaData:
     """Import every ORM module so `Base.metadata` knows all tables (Alembic, tests)."""
     import service.auth.models  # noqa: F401
+    import service.datasets.models  # noqa: F401
+    import service.inference.models  # noqa: F401
+    import service.jobs.models  # noqa: F401
     import service.registry.models  # noqa: F401
 
     return Base.metadata

@@ -1,10 +1,11 @@
 """FastAPI dependencies: the app's settings, sessions, model host and API-key auth.
 
 Everything comes from `app.state` (built in the lifespan), never from module globals, so tests can
-run several apps side by side.
-"""
+run several apps side by side. Every router takes its dependencies from this module.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI must resolve the `Annotated` dependency of
+`require_caller`'s inner function, which names a closure variable.
+"""
 
 from collections.abc import Callable, Iterator
 from typing import Annotated
@@ -20,6 +21,7 @@ from service.auth.service import SCOPES, has_scope
 from service.db import session_scope
 from service.errors import Unauthenticated
 from service.inference.host import ModelHost
+from service.jobs.queue import LocalQueue
 from service.registry.errors import PermissionDenied
 from service.settings import Settings
 
@@ -52,12 +54,24 @@ def get_key_cache(request: Request) -> KeyCache:
     return request.app.state.key_cache
 
 
+def get_job_queue(request: Request) -> LocalQueue | None:
+    """The app's in-process queue (None when jobs go to Celery)."""
+    return getattr(request.app.state, "job_queue", None)
+
+
+def get_optional_host(request: Request) -> ModelHost | None:
+    """The app's model host, if this app serves predictions (an app of the jobs routers alone does not)."""
+    return getattr(request.app.state, "host", None)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 SessionDep = Annotated[Session, Depends(get_session)]
 HostDep = Annotated[ModelHost, Depends(get_host)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+JobQueueDep = Annotated[LocalQueue | None, Depends(get_job_queue)]
+OptionalHostDep = Annotated[ModelHost | None, Depends(get_optional_host)]
 
 
 # Documents the scheme (the /docs Authorize button); errors stay ours, so it never raises itself.
@@ -98,3 +112,15 @@ def require_scope(scope: str) -> Callable[..., ApiKey | None]:
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+def require_caller(scope: str) -> Callable[..., str]:
+    """`require_scope(scope)`, answering the caller's name instead of the key (recorded as
+    `created_by` / `moved_by`): `key:<name>`, or `anonymous` when auth is off."""
+    key_dependency = require_scope(scope)
+
+    def caller(key: Annotated[ApiKey | None, Depends(key_dependency)]) -> str:
+        return "anonymous" if key is None else f"key:{key.name}"[:128]  # fits every *_by column
+
+    caller.__name__ = f"caller_{scope}"
+    return caller

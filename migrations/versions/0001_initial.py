@@ -6,7 +6,7 @@ Revises:
 Create Date: 2026-11-27
 
 Plain SQLAlchemy types only (no imports from `service`), so this file keeps working as the models
-evolve. Constraint names follow `service.db.NAMING_CONVENTION`.
+evolve. Constraint names follow `service.orm.NAMING_CONVENTION`.
 """
 
 from collections.abc import Sequence

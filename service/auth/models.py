@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base, UTCDateTime, utcnow
+from service.orm import Base, UTCDateTime, utcnow
 
 
 class ApiKey(Base):

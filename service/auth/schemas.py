@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.auth.service import parse_duration
-from service.db import utcnow
+from service.orm import utcnow
 
 Scope = Literal["predict", "train", "admin"]
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.auth.models import ApiKey
-from service.db import utcnow
+from service.orm import utcnow
 from service.registry.errors import ApiKeyNotFound, PermissionDenied
 
 SCOPES = ("predict", "train", "admin")  # admin implies every other scope

@@ -30,7 +30,8 @@ def create(
 ) -> None:
     """Create an API key and print its token once (only a hash is stored)."""
     from service.auth.service import create_api_key, parse_duration
-    from service.db import session_scope, utcnow
+    from service.db import session_scope
+    from service.orm import utcnow
     from service.settings import get_settings
 
     try:

@@ -72,7 +72,7 @@ def register(
 def list_models() -> None:
     """Every version, oldest first, with its aliases and the tasks it introduced."""
     from flame_core.report import text_table
-    from service.jobs.service import list_versions_out
+    from service.registry.service import list_versions_out
     from service.settings import get_settings
 
     engine, factory = open_registry(get_settings())
@@ -91,8 +91,8 @@ def list_models() -> None:
 @app.command("show")
 def show(version: Annotated[str, typer.Argument(help="a version id, e.g. v2")]) -> None:
     """One version as JSON: lineage, tasks, files with their sha256, reserved rank."""
-    from service.jobs.service import version_detail
     from service.registry.errors import DomainError
+    from service.registry.service import version_detail
     from service.settings import get_settings
 
     engine, factory = open_registry(get_settings())
@@ -113,8 +113,8 @@ def activate(
 ) -> None:
     """Move `active` to VERSION (rollback or roll-forward); the move is recorded with who and why."""
     from service.db import session_scope
-    from service.jobs.service import activate as move
     from service.registry.errors import DomainError
+    from service.registry.service import activate as move
     from service.settings import get_settings
 
     engine, factory = open_registry(get_settings())

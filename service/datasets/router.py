@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.datasets import service
+from service.datasets.models import Dataset
 from service.datasets.schemas import (
     EXAMPLE_SPECS,
     NAME_MAX,
@@ -22,15 +23,14 @@ from service.datasets.schemas import (
     DatasetOut,
     DatasetUpload,
 )
+from service.deps import SessionDep, StoreDep, require_caller
 from service.errors import BodyTooLarge
-from service.jobs.deps import SessionDep, StoreDep, require_scope
 from service.openapi import errors, request_body
 from service.registry import service as registry
-from service.registry.models import Dataset
 from service.registry.records import ID_PATTERN
 
 router = APIRouter(tags=["datasets"])
-TrainCaller = Annotated[str, Depends(require_scope("train"))]
+TrainCaller = Annotated[str, Depends(require_caller("train"))]
 MAX_DATASET_BYTES = 512 * 1024 * 1024
 _UPLOAD_DOC = request_body(
     {

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from flame_core.specs import SpecError, SpecSet
 from flame_core.validation import SampleInvalid, validate_sample
 from service.artifacts import ArtifactStore
+from service.datasets.models import Dataset
 from service.datasets.schemas import NAME_MAX
 from service.errors import PayloadInvalid
 from service.jobs.specs import stage_specs, version_specs
 from service.registry import service as registry
 from service.registry.errors import AliasNotFound, DatasetUnsuitable
-from service.registry.models import Dataset
 
 
 class DatasetInvalid(PayloadInvalid):

@@ -21,8 +21,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifacts import ArtifactStore
-from service.db import session_scope, utcnow
+from service.db import session_scope
 from service.errors import ServiceUnavailable
+from service.orm import utcnow
 from service.registry import service as registry
 from service.settings import Settings
 

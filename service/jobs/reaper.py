@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import DB_UNAVAILABLE, session_scope, utcnow
+from service.db import DB_UNAVAILABLE, session_scope
+from service.orm import utcnow
 from service.registry import service as registry
 from service.settings import Settings
 

@@ -7,10 +7,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.registry.records import NAME_PATTERN
-
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
-
 
 class StageDatasets(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -102,63 +98,6 @@ class JobPage(BaseModel):
     next_offset: int | None
 
 
-class TaskOut(BaseModel):
-    name: str
-    spec: dict[str, Any]
-    cursor: int
-    introduced_in: str
-    metrics: dict[str, Any]
-    model_card: dict[str, Any]
-
-
-class VersionOut(BaseModel):
-    version: str
-    parent: str | None
-    status: str
-    digest: str
-    created_by: str
-    created_at: datetime
-    note: str
-    aliases: list[str]
-    tasks_introduced: list[str]
-
-
-class VersionDetail(VersionOut):
-    lineage: list[str]
-    tasks: list[str]
-    files: list[dict[str, Any]]
-    reserved_rank_max: int
-    n_components: int
-
-
-class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(default="", max_length=1000, pattern=NO_NUL, description="kept in the alias history")
-    alias: str = Field(
-        default="active",
-        pattern=NAME_PATTERN,
-        description="the alias to move: `active`, or another alias that already exists",
-    )
-
-
-class AliasMove(BaseModel):
-    alias: str
-    from_version: str | None
-    to_version: str
-    moved_by: str
-    reason: str
-    moved_at: datetime
-
-
-class ActivateOut(BaseModel):
-    alias: str
-    version: str
-    previous: str | None
-    history: list[AliasMove]
-    serving: str | None = None  # what the replica that answered serves now (it reloads before answering)
-
-
 STAGE_EXAMPLES: dict[str, dict[str, Any]] = {
     "new_task": {
         "summary": "teach the model a new task from two uploaded datasets",
@@ -184,11 +123,4 @@ STAGE_EXAMPLES: dict[str, dict[str, Any]] = {
             },
         },
     },
-}
-ACTIVATE_EXAMPLES: dict[str, dict[str, Any]] = {
-    "rollback": {
-        "summary": "move `active` back to this version",
-        "value": {"reason": "rollback: AUROC drop"},
-    },
-    "alias": {"summary": "move an existing alias", "value": {"alias": "active", "reason": "roll forward"}},
 }

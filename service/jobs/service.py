@@ -1,4 +1,4 @@
-"""What the jobs, tasks and models routes do, as keyword-only functions taking the session.
+"""What the jobs routes do, as keyword-only functions taking the session.
 
 `submit_stage` checks everything a client can fix before a job exists (specs, dataset ids, task
 names against the active model and pending jobs, each new task's labels and modalities in the
@@ -15,16 +15,14 @@ from sqlalchemy.orm import Session
 from flame_core.specs import SpecSet
 from service.datasets.service import check_stage_data
 from service.errors import PayloadInvalid
+from service.jobs.models import Job
 from service.jobs.schemas import HEAD_METRICS, StageRequest
 from service.jobs.specs import stage_specs, version_specs
 from service.jobs.stage_lock import lock_submissions
-from service.registry import errors as registry_errors
 from service.registry import service as registry
 from service.registry.errors import TaskExists
-from service.registry.models import Job, ModelVersion, Task
 
 STAGE_KIND = "stage"
-ACTIVE_ALIAS = "active"
 
 
 def submit_stage(
@@ -147,89 +145,3 @@ def list_jobs_page(
         "offset": offset,
         "next_offset": offset + limit if more else None,
     }
-
-
-def task_out(task: Task) -> dict[str, Any]:
-    return {
-        "name": task.name,
-        "spec": task.spec,
-        "cursor": task.cursor,
-        "introduced_in": task.version_id,
-        "metrics": task.metrics,
-        "model_card": task.model_card,
-    }
-
-
-def _aliases_of(session: Session) -> dict[str, list[str]]:
-    held: dict[str, list[str]] = {}
-    for alias, version in registry.list_aliases(session=session).items():
-        held.setdefault(version, []).append(alias)
-    return held
-
-
-def _introduced(session: Session, version: str) -> list[str]:
-    ids = registry.lineage_ids(session=session, version=version)
-    parent_ids = ids[:-1]
-    served = registry.list_tasks(session=session, version=version)
-    return [t.name for t in served if t.version_id not in parent_ids]
-
-
-def version_out(session: Session, v: ModelVersion, aliases: dict[str, list[str]]) -> dict[str, Any]:
-    return {
-        "version": v.id,
-        "parent": v.parent_id,
-        "status": v.status,
-        "digest": v.digest,
-        "created_by": v.created_by,
-        "created_at": v.created_at,
-        "note": v.note,
-        "aliases": aliases.get(v.id, []),
-        "tasks_introduced": _introduced(session, v.id),
-    }
-
-
-def list_versions_out(*, session: Session) -> list[dict[str, Any]]:
-    aliases = _aliases_of(session)
-    return [version_out(session, v, aliases) for v in registry.list_versions(session=session)]
-
-
-def version_detail(*, session: Session, version: str) -> dict[str, Any]:
-    v = registry.get_version(session=session, version=version)
-    reserved = registry.reserved_rank(session=session, version=version)
-    return {
-        **version_out(session, v, _aliases_of(session)),
-        "lineage": registry.lineage_ids(session=session, version=version),
-        "tasks": [t.name for t in registry.list_tasks(session=session, version=version)],
-        "files": v.manifest,
-        "reserved_rank_max": max(reserved.values(), default=0),
-        "n_components": len(registry.list_components(session=session, version=version)),
-    }
-
-
-def activate(*, session: Session, version: str, alias: str, moved_by: str, reason: str) -> dict[str, Any]:
-    """Point `alias` at `version` (a rollback or roll-forward); the move is recorded in its history.
-    Only `active` may come into being here: any other alias must exist already (AliasNotFound)."""
-    try:
-        previous: str | None = registry.resolve_alias(session=session, alias=alias).id
-    except registry_errors.AliasNotFound:
-        previous = None
-    registry.move_alias(
-        session=session,
-        alias=alias,
-        version=version,
-        moved_by=moved_by,
-        reason=reason,
-        create=alias == ACTIVE_ALIAS,
-    )
-    history = [
-        {
-            "alias": h.alias,
-            "from_version": h.from_version,
-            "to_version": h.to_version,
-            "moved_by": h.moved_by,
-            "reason": h.reason,
-            "moved_at": h.moved_at,
-        }
-        for h in registry.alias_history(session=session, alias=alias, limit=20)
-    ]
-    return {"alias": alias, "version": version, "previous": previous, "history": history}

@@ -30,13 +30,14 @@ from flame_core.strategies.flame import FlameStrategy
 from flame_core.training import TrainConfig, evaluate
 from service.artifacts import ArtifactStore
 from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
-from service.db import session_scope, utcnow
+from service.db import session_scope
 from service.jobs.lease import Lease, ShuttingDown, plain
 from service.jobs.promotion import register_stage_version
 from service.jobs.schemas import StageRequest
 from service.jobs.specs import stage_specs
 from service.jobs.stage_lock import engine_of, stage_lock
 from service.observability import JOB_DURATION, JOBS
+from service.orm import utcnow
 from service.registry import service as registry
 from service.registry.errors import AliasNotFound, Conflict, JobCancelled, LeaseLost
 from service.settings import Settings

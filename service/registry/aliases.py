@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
+from service.orm import utcnow
 from service.registry.errors import AliasMoved, Conflict
 from service.registry.lineage import get_version
 from service.registry.models import Alias, AliasHistory

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
-from service.registry.models import PredictionAudit
+from service.inference.models import PredictionAudit
+from service.orm import utcnow
 
 
 @dataclass(frozen=True)

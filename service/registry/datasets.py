@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore, check_digest
+from service.datasets.models import Dataset
 from service.registry.errors import DatasetNotFound
-from service.registry.models import Dataset
 
 
 def get_dataset(*, session: Session, dataset_id: str) -> Dataset:

@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
+from service.jobs.models import FINISHED_JOB_STATES, JOB_STATES, Job
+from service.orm import utcnow
 from service.registry.errors import Conflict, JobNotFound, LeaseLost
 from service.registry.lineage import get_version
-from service.registry.models import FINISHED_JOB_STATES, JOB_STATES, Job
 
 MAX_ERROR_CHARS = 8000
 

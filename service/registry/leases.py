@@ -19,10 +19,10 @@ from typing import Literal
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
+from service.jobs.models import FINISHED_JOB_STATES, Job
+from service.orm import utcnow
 from service.registry.errors import Conflict, JobCancelled, LeaseLost
 from service.registry.jobs import MAX_ERROR_CHARS, get_job
-from service.registry.models import FINISHED_JOB_STATES, Job
 
 
 def _stale(stale_before: datetime):  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # flame_core's rule, capped 
 NAME = re.compile(NAME_PATTERN)
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"  # "v1", "v2", ... or a name given at registration
 ID_PATTERN = r"^[A-Za-z0-9-]{1,36}$"  # uuid4 strings: jobs and datasets
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL characters
 
 
 def check_name(value: str, what: str) -> str:

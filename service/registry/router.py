@@ -1,23 +1,44 @@
-"""Routes: `POST /models` registers a checkpoint someone trained themselves (bring your own model).
+"""Routes of the model registry: the tasks and model versions it holds (`GET /tasks`,
+`GET /tasks/{name}`, `GET /models`, `GET /models/{version}`), moving an alias
+(`POST /models/{version}/activate`, a rollback or roll-forward), and `POST /models`, which registers
+a checkpoint someone trained themselves (bring your own model).
 
-The other model routes (`GET /models`, `GET /models/{version}`, `POST /models/{version}/activate`)
-are in `service.jobs.router`, which serves the same URL space.
+The read and activate routes keep the `jobs` tag they were documented under.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, UploadFile
 
-from service.jobs.deps import SessionDep, SettingsDep, StoreDep, require_scope
-from service.jobs.service import version_detail
+from service.deps import OptionalHostDep, SessionDep, SettingsDep, StoreDep, require_caller
 from service.openapi import errors
+from service.registry import service
 from service.registry.checkpoints import register_upload
-from service.registry.schemas import RegisteredVersion
+from service.registry.records import NAME_PATTERN, VERSION_PATTERN
+from service.registry.schemas import (
+    ACTIVATE_EXAMPLES,
+    ActivateOut,
+    ActivateRequest,
+    RegisteredVersion,
+    TaskOut,
+    VersionDetail,
+    VersionOut,
+)
 
 router = APIRouter(tags=["models"])
-AdminCaller = Annotated[str, Depends(require_scope("admin"))]
+TrainCaller = Annotated[str, Depends(require_caller("train"))]
+AdminCaller = Annotated[str, Depends(require_caller("admin"))]
+VersionQuery = Annotated[
+    str | None, Query(pattern=VERSION_PATTERN, description="a model version (default: the active one)")
+]
+VersionPath = Annotated[str, Path(pattern=VERSION_PATTERN, examples=["v1"])]
+TaskName = Annotated[str, Path(pattern=NAME_PATTERN, examples=["mortality"])]
+ActivateBody = Annotated[ActivateRequest | None, Body(openapi_examples=ACTIVATE_EXAMPLES)]
+_NO_VERSION = (
+    "No version is active yet, or `version` is unknown (codes `alias_not_found`, `version_not_found`)."
+)
 _UPLOAD_EXAMPLES = {
     "flame_train_run": {
         "summary": "the two files `flame train --out runs/b` wrote (curl -F config=@runs/b/config.json ...)",
@@ -28,6 +49,73 @@ _UPLOAD_EXAMPLES = {
         "value": {"config": "<config.json>", "weights": "<model.safetensors>", "activate": False},
     },
 }
+
+
+def _version(session: Any, version: str | None) -> str:
+    return version or service.resolve_alias(session=session, alias="active").id
+
+
+@router.get(
+    "/tasks",
+    tags=["jobs"],
+    response_model=list[TaskOut],
+    responses=errors(404, 422, notes={404: _NO_VERSION}),
+)
+def list_tasks(session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
+    """Tasks the version (default: active) serves, in the order they were introduced."""
+    rows = service.list_tasks(session=session, version=_version(session, version))
+    return [service.task_out(t) for t in rows]
+
+
+@router.get("/tasks/{name}", tags=["jobs"], response_model=TaskOut, responses=errors(404, 422))
+def get_task(name: TaskName, session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
+    return service.task_out(service.get_task(session=session, name=name, version=_version(session, version)))
+
+
+@router.get("/models", tags=["jobs"], response_model=list[VersionOut])
+def list_models(session: SessionDep, _: TrainCaller) -> Any:
+    return service.list_versions_out(session=session)
+
+
+@router.get("/models/{version}", tags=["jobs"], response_model=VersionDetail, responses=errors(404, 422))
+def get_model(version: VersionPath, session: SessionDep, _: TrainCaller) -> Any:
+    return service.version_detail(session=session, version=version)
+
+
+@router.post(
+    "/models/{version}/activate",
+    tags=["jobs"],
+    response_model=ActivateOut,
+    responses=errors(
+        404,
+        409,
+        422,
+        notes={
+            404: "The version, or an alias other than `active`, does not exist.",
+            409: "The version is not `ready` (only ready versions can be aliased).",
+        },
+    ),
+)
+def activate_model(
+    version: VersionPath,
+    session: SessionDep,
+    caller: AdminCaller,
+    host: OptionalHostDep,
+    body: ActivateBody = None,
+) -> Any:
+    """Move `active` (or `body.alias`) to `version`: rollback or roll-forward, recorded in its history.
+    The replica that answers serves the alias's version before it answers; the others hear of the
+    move at once (PostgreSQL NOTIFY) or at their next poll."""
+    body = body or ActivateRequest()
+    out = service.activate(
+        session=session, version=version, alias=body.alias, moved_by=caller, reason=body.reason or "activate"
+    )
+    session.commit()
+    if host is not None:
+        if body.alias == host.alias:
+            host.reload_if_changed()
+        out["serving"] = host.current.id if host.current is not None else None
+    return out
 
 
 @router.post(
@@ -59,6 +147,6 @@ def register_model(
         note=note,
         rank_budget=settings.capacity_rank_budget,
     )
-    out = version_detail(session=session, version=registered.version.id)
+    out = service.version_detail(session=session, version=registered.version.id)
     session.commit()
     return {**out, "activated": registered.activated, "warnings": registered.warnings}

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
-from service.db import utcnow
+from service.orm import utcnow
 from service.registry.errors import AliasNotFound, CapacityExceeded, Conflict
 from service.registry.lineage import get_version, lineage_ids
 from service.registry.models import VERSION_STATUSES, Alias, AliasHistory, Component, ModelVersion

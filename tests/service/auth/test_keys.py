@@ -17,7 +17,8 @@ from service.artifacts import LocalArtifactStore
 from service.auth.service import create_api_key
 from service.cli.registry import run_migrations
 from service.cli.serve import build_demo_model, register_model
-from service.db import make_engine, make_session_factory, session_scope, utcnow
+from service.db import make_engine, make_session_factory, session_scope
+from service.orm import utcnow
 from service.settings import Settings
 
 TINY = FlameConfig(

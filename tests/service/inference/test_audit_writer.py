@@ -12,10 +12,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from service.db import load_models, make_engine, make_session_factory, session_scope, utcnow
+from service.db import load_models, make_engine, make_session_factory, session_scope
 from service.inference.audit_writer import AuditWriter
+from service.inference.models import PredictionAudit
+from service.orm import utcnow
 from service.registry.audit import PredictionRecord, record_predictions
-from service.registry.models import PredictionAudit
 
 UNOPENABLE = "sqlite:////proc/flame-no-such-dir/registry.db"
 

@@ -28,7 +28,7 @@ from service.artifacts import LocalArtifactStore
 from service.auth.service import create_api_key
 from service.cli.serve import build_demo_model, register_model
 from service.db import load_models, make_engine, make_session_factory, session_scope
-from service.registry.models import PredictionAudit
+from service.inference.models import PredictionAudit
 from service.settings import Settings
 
 PG_BIN = Path(os.environ.get("FLAME_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))

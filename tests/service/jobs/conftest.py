@@ -27,6 +27,7 @@ from service.errors import install_error_handlers
 from service.jobs.queue import LocalQueue
 from service.jobs.router import router as jobs_router
 from service.registry import service as registry
+from service.registry.router import router as registry_router
 from service.settings import Settings
 from service.versioning import stage_records, version_files
 
@@ -89,6 +90,7 @@ def make_app(settings: Settings, session_factory, store) -> FastAPI:  # type: ig
     app.state.settings, app.state.session_factory, app.state.store = settings, session_factory, store
     app.state.job_queue = LocalQueue(session_factory=session_factory, store=store, settings=settings)
     app.include_router(jobs_router)
+    app.include_router(registry_router)
     app.include_router(datasets_router)
     install_error_handlers(app)
     return app

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 from sqlalchemy import func, select
 
+from service.jobs.models import Job
 from service.jobs.queue import TASK_NAME
-from service.registry.models import Job
 
 from .conftest import LOS, drain, only_labels
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import get_args
 
-from service.db import utcnow
+from service.jobs.models import JOB_STATES
 from service.jobs.router import JobState
+from service.orm import utcnow
 from service.registry import service as registry
-from service.registry.models import JOB_STATES
 
 # (kind, created_by, end state) in creation order
 JOBS = [

@@ -11,10 +11,11 @@ from datetime import timedelta
 
 import pytest
 
-from service.db import session_scope, utcnow
+from service.db import session_scope
 from service.jobs.lease import Lease
 from service.jobs.reaper import reap_once
 from service.jobs.stage import run_stage
+from service.orm import utcnow
 from service.registry import service as registry
 from service.registry.errors import LeaseLost
 

@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.artifacts import LocalArtifactStore
-from service.db import load_models, make_engine, make_session_factory, session_scope, utcnow
+from service.db import load_models, make_engine, make_session_factory, session_scope
+from service.jobs.models import Job
+from service.orm import utcnow
 from service.registry import service as registry
-from service.registry.models import Job
 from service.settings import Settings
 
 from .conftest import job_row, register_pretrained, stage_job, wait_for

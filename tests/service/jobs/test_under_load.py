@@ -17,7 +17,7 @@ from service.app import create_app
 from service.artifacts import LocalArtifactStore
 from service.cli.serve import build_demo_model, demo_validation, register_model
 from service.db import load_models, make_engine, make_session_factory
-from service.registry.models import PredictionAudit
+from service.inference.models import PredictionAudit
 from service.settings import Settings
 
 from .conftest import only_labels

@@ -7,10 +7,11 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from service.artifacts import sha256_bytes
+from service.datasets.models import Dataset
+from service.inference.models import PredictionAudit
 from service.registry import datasets
 from service.registry import service as registry
 from service.registry.errors import DatasetNotFound
-from service.registry.models import Dataset, PredictionAudit
 
 JSONL = b'{"modalities": {"labs": {"values": [1, 2]}}, "label": 1}\n'
 

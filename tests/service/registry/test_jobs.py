@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from service.jobs.models import Job
 from service.registry import jobs
 from service.registry import service as registry
 from service.registry.errors import Conflict, JobNotFound, VersionNotFound
-from service.registry.models import Job
 
 REQUEST = {"tasks": [{"name": "los"}], "datasets": ["d1"], "options": {"epochs": 2}}
 

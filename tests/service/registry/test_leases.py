@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.db import utcnow
+from service.orm import utcnow
 from service.registry import service as registry
 from service.registry.errors import Conflict, JobCancelled, LeaseLost
 
