@@ -22,6 +22,7 @@ TrainCaller = Annotated[str, Depends(require_caller("train"))]
 JobId = Annotated[str, Path(pattern=ID_PATTERN)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 StageBody = Annotated[StageRequest, Body(openapi_examples=STAGE_EXAMPLES)]
+MAX_OFFSET = 10**9  # past any job count; a larger integer would overflow the database's (fuzz found 3e21)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -78,7 +79,7 @@ def list_jobs(
     kind: Annotated[str | None, Query(max_length=32)] = None,
     created_by: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Any:
     """Jobs newest first, filtered by state, kind and creator; page on with `next_offset`."""
     return service.list_jobs_page(

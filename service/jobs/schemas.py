@@ -33,7 +33,7 @@ class StageOptions(BaseModel):
     rank: int | Literal["auto"] = "auto"
     energy: float = Field(default=0.99, gt=0.0, le=1.0)
     refit_epochs: int = Field(default=3, ge=0, le=100)  # refit the truncated factors and heads
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what torch and numpy seed with
     activate: bool = True
     batch_size: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=2e-3, gt=0.0, le=1.0)

@@ -58,7 +58,7 @@ def test_list_jobs_filters_and_pages_newest_first(client, session_factory):  # t
 
     job = client.get("/jobs", params={"state": "cancelled"}).json()["jobs"][0]
     assert job["state"] == "cancelled" and job["kind"] == "stage" and job["created_by"] == "key:a"
-    for bad in ({"state": "paused"}, {"limit": 0}, {"limit": 201}, {"offset": -1}):
+    for bad in ({"state": "paused"}, {"limit": 0}, {"limit": 201}, {"offset": -1}, {"offset": 3 * 10**21}):
         r = client.get("/jobs", params=bad)
         assert r.status_code == 422 and r.json()["error"]["field"] == f"query.{next(iter(bad))}", r.text
 
