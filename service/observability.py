@@ -1,4 +1,4 @@
-"""Metrics, request ids and JSON logs (DESIGN s7).
+"""Metrics, request ids and JSON logs (docs/design.md s7).
 
 Every metric carries the `flame_` prefix, base units and bounded labels (route templates, task and
 modality names the model declares, expert indices; never ids or payloads). With

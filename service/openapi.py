@@ -1,4 +1,4 @@
-"""The OpenAPI document is the contract (STYLE, DESIGN s6): every schema resolves, every status code a
+"""The OpenAPI document is the contract (docs/design.md s6): every schema resolves, every status code a
 route can answer is documented with the body it has, and the routes that need a key say so.
 
 Routes declare their own outcomes (`responses=errors(404, 409)`) and non-pydantic bodies
@@ -47,7 +47,7 @@ class ErrorInfo(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx and 5xx answer of the API (DESIGN s6)."""
+    """Every 4xx and 5xx answer of the API (docs/design.md s6)."""
 
     error: ErrorInfo
 

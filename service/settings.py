@@ -1,7 +1,7 @@
 """Service configuration, read once from `FLAME_*` environment variables (or a `.env` file).
 
 One `Settings` object holds every knob of the API and the worker, so a deployment is described by
-its environment alone (DESIGN s6). Nothing here touches the database or the disk at import time.
+its environment alone (docs/design.md s6). Nothing here touches the database or the disk at import time.
 """
 
 from __future__ import annotations

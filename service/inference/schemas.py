@@ -65,7 +65,7 @@ Label = int | float | str | list[int] | None
 
 
 class Sample(BaseModel):
-    """One sample in the DESIGN s2 format. Any of the task's modalities may be absent (at least one
+    """One sample in the docs/design.md s2 format. Any of the task's modalities may be absent (at least one
     is needed); modalities the task does not read are reported as `ignored`. Labels, if sent, are
     checked and ignored."""
 

@@ -51,7 +51,7 @@ class StageOptions(BaseModel):
 
 
 class StageRequest(BaseModel):
-    """`POST /tasks`: a task-spec file (DESIGN s2) plus the datasets and options of the stage."""
+    """`POST /tasks`: a task-spec file (docs/design.md s2) plus the datasets and options of the stage."""
 
     model_config = ConfigDict(extra="forbid")
 

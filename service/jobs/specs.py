@@ -1,6 +1,6 @@
 """Task specs as the registry knows them, and the specs a new stage declares.
 
-A stage request is a task-spec file (DESIGN s2): its tasks may use modalities the model already has
+A stage request is a task-spec file (docs/design.md s2): its tasks may use modalities the model already has
 (named only) or new ones declared inline. `stage_specs` resolves both against the parent's specs.
 """
 

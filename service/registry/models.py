@@ -1,4 +1,4 @@
-"""Registry tables (DESIGN s5): versions and their components, tasks, modalities, and aliases with
+"""Registry tables (docs/design.md s5): versions and their components, tasks, modalities, and aliases with
 their history. Datasets, jobs and the prediction audit have their own areas' `models.py`.
 
 Versions are immutable and form a tree through `parent_id`. Tasks, modalities and components

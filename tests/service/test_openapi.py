@@ -25,7 +25,7 @@ TINY = FlameConfig(
 )
 OPEN = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
 KEYED = {401, 403, 500, 503}  # 503: the key is checked against a registry that may be down
-# Every code each operation can answer (DESIGN s6, s10); 413 wherever there is a body.
+# Every code each operation can answer (docs/design.md s6, s10); 413 wherever there is a body.
 EXPECTED: dict[tuple[str, str], set[int]] = {
     ("get", "/healthz"): {200, 500},
     ("get", "/readyz"): {200, 500, 503},
