@@ -19,7 +19,7 @@ from service.settings import Settings
 
 from ..conftest import start_celery_worker
 from .conftest import LOS, drain, host_outputs, make_app, only_labels, stage_request
-from .test_celery import REDIS_URL, _require_redis, scratch_db  # noqa: F401 - the fixture
+from .test_celery import REDIS_URL, _require_redis
 
 READMISSION = {"name": "readmission", "modalities": ["labs", "cxr"], "head": {"type": "binary"}}
 
@@ -62,9 +62,9 @@ def test_two_stages_submitted_together_stack_in_process(client, session_factory,
     _check_stacked(session_factory, store, icu, job_ids)
 
 
-def test_two_stages_on_two_celery_workers_stack(scratch_db, tmp_path, icu, pretrained):  # noqa: F811
+def test_two_stages_on_two_celery_workers_stack(scratch_pg, tmp_path, icu, pretrained):  # type: ignore[no-untyped-def]
     _require_redis()
-    url, engine = scratch_db
+    url, engine = scratch_pg
     factory, store = make_session_factory(engine), LocalArtifactStore(tmp_path / "artifacts")
     register_model(
         session_factory=factory,
