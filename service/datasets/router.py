@@ -37,7 +37,7 @@ _UPLOAD_DOC = request_body(
         "application/x-ndjson": (str, UPLOAD_EXAMPLES["application/x-ndjson"]),
         "multipart/form-data": (DatasetUpload, UPLOAD_EXAMPLES["multipart/form-data"]),
     },
-    description="A JSON Lines file of samples (docs/design.md s2): the raw body, or the `file` part of a form.",
+    description="A JSON Lines file of samples (docs/design.md s2): the raw body, or a form's `file` part.",
 )
 _UPLOAD_ERRORS = errors(
     422,
