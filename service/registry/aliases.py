@@ -19,10 +19,8 @@ from service.registry.models import Alias, AliasHistory
 from service.registry.notify import publish_alias_move
 
 
-def swap_alias(
-    *, session: Session, alias: str, expected: str, version: str, moved_by: str, reason: str = ""
-) -> None:
-    """Point `alias` at `version` only if it still points at `expected`; record the move."""
+def check_aliasable(*, session: Session, version: str, moved_by: str) -> None:
+    """Any alias move: someone named moves it, to a `ready` version (never a candidate or retired)."""
     if not moved_by:
         raise ValueError("moved_by must name who moves the alias")
     target = get_version(session=session, version=version)
@@ -31,6 +29,13 @@ def swap_alias(
             f"model version {version!r} is {target.status}; only ready versions can be aliased",
             field="version",
         )
+
+
+def swap_alias(
+    *, session: Session, alias: str, expected: str, version: str, moved_by: str, reason: str = ""
+) -> None:
+    """Point `alias` at `version` only if it still points at `expected`; record the move."""
+    check_aliasable(session=session, version=version, moved_by=moved_by)
     moved = session.execute(
         update(Alias)
         .where(Alias.name == alias, Alias.version_id == expected)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
 from service.orm import utcnow
+from service.registry.aliases import check_aliasable
 from service.registry.errors import AliasNotFound, CapacityExceeded, Conflict
 from service.registry.lineage import get_version, lineage_ids
 from service.registry.models import VERSION_STATUSES, Alias, AliasHistory, Component, ModelVersion
@@ -207,14 +208,7 @@ def move_alias_to(
     """Point `alias` at `version` and record who moved it from where; a no-op if it already does.
     With `create=False` an alias that does not exist yet is AliasNotFound, not a new alias."""
     check_name(alias, "alias")
-    if not moved_by:
-        raise ValueError("moved_by must name who moves the alias")
-    target = get_version(session=session, version=version)
-    if target.status != "ready":
-        raise Conflict(
-            f"model version {version!r} is {target.status}; only ready versions can be aliased",
-            field="version",
-        )
+    check_aliasable(session=session, version=version, moved_by=moved_by)
     row = session.scalars(select(Alias).where(Alias.name == alias).with_for_update()).one_or_none()
     if row is None and not create:
         raise AliasNotFound(f"alias {alias!r} does not exist, so it cannot be moved", field="alias")
