@@ -61,8 +61,9 @@ def pretrained(icu) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return {"files": version_files(cl), "records": stage_records(cl, 0), "cl": copy.deepcopy(cl)}
 
 
-def register_pretrained(session, store, pretrained) -> str:  # type: ignore[no-untyped-def]
-    """Register the pretrained stage-0 model as the first version (v1); returns its id."""
+def register_pretrained(session, store, pretrained, **extra) -> str:  # type: ignore[no-untyped-def]
+    """Register the pretrained stage-0 model as a root version (v1 unless `version_id` says);
+    returns its id."""
     components, tasks, modalities = pretrained["records"]
     version = registry.register_version(
         session=session,
@@ -74,6 +75,7 @@ def register_pretrained(session, store, pretrained) -> str:  # type: ignore[no-u
         tasks=tasks,
         modalities=modalities,
         reason="stage 0",
+        **extra,
     )
     return version.id
 

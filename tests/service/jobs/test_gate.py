@@ -14,7 +14,7 @@ from service.artifacts import LocalArtifactStore
 from service.registry import service as registry
 from service.versioning import load_version, version_files
 
-from .conftest import LOS, drain, host_outputs, stage_request
+from .conftest import LOS, drain, host_outputs, register_pretrained, stage_request
 
 
 def _rejected() -> float:
@@ -105,20 +105,10 @@ def test_the_stage_resolves_its_parent_when_it_starts(client, session_factory, s
     from service.jobs.stage import run_stage
 
     body = stage_request(client, icu, LOS)
-    components, tasks, modalities = pretrained["records"]
     with session_factory.begin() as s:
         job_id = registry.create_job(session=s, kind="stage", request=body).id  # queued, not enqueued
-        registry.register_version(  # an operator activates another root before the job starts
-            session=s,
-            store=store,
-            parent=None,
-            files=pretrained["files"],
-            moved_by="test",
-            components=components,
-            tasks=tasks,
-            modalities=modalities,
-            version_id="v1b",
-        )
+        # an operator activates another root before the job starts
+        register_pretrained(s, store, pretrained, version_id="v1b")
         assert registry.get_job(session=s, job_id=job_id).parent_version is None
     settings = client.app.state.settings
     version = run_stage(job_id, session_factory=session_factory, store=store, settings=settings)
