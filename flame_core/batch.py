@@ -39,6 +39,19 @@ class ModalityBatch:
             pad=mv(self.pad),
         )
 
+    def pin_memory(self) -> ModalityBatch:
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return ModalityBatch(
+            self.kind,
+            self.values.pin_memory(),
+            self.present.pin_memory(),
+            pin(self.obs),
+            pin(self.times),
+            pin(self.pad),
+        )
+
     def select(self, idx: torch.Tensor) -> ModalityBatch:
         """Rows `idx`, with the time axis trimmed to the longest valid sequence among them."""
 
@@ -72,6 +85,16 @@ class Batch:
             size=self.size,
             labels={k: v.to(device) for k, v in self.labels.items()},
             label_mask={k: v.to(device) for k, v in self.label_mask.items()},
+            ids=self.ids,
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies, so `.to(cuda)` copies without blocking (CUDA hosts only)."""
+        return Batch(
+            modalities={k: v.pin_memory() for k, v in self.modalities.items()},
+            size=self.size,
+            labels={k: v.pin_memory() for k, v in self.labels.items()},
+            label_mask={k: v.pin_memory() for k, v in self.label_mask.items()},
             ids=self.ids,
         )
 

@@ -4,16 +4,17 @@ Expects samples that passed `validate_sample` (raw or canonical form both work);
 re-check values. Each field is built in numpy from one flat array per modality and handed to torch
 with a single `from_numpy`, so collating hundreds of samples takes milliseconds.
 
-Padding: every variable-length modality is padded to the longest sample in the batch, and to at
-least one step so tensors are never empty. `pad` is True on real steps only; a sample without the
-modality has `present` False, zeros everywhere and `pad` all False. A missing value inside a present
-timeseries/tabular payload is 0 with `obs` False. A text with no tokens, and a timeseries or tabular
-payload with no observed value, count as absent (the model then never attends over nothing).
+Padding: every variable-length modality is padded to the longest sample in the batch (or to a fixed
+length, for batch-invariant serving), and to at least one step so tensors are never empty. `pad` is
+True on real steps only; a sample without the modality has `present` False, zeros everywhere and
+`pad` all False. A missing value inside a present timeseries/tabular payload is 0 with `obs` False.
+A text with no tokens, and a timeseries or tabular payload with no observed value, count as absent
+(the model then never attends over nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -47,14 +48,19 @@ def _ragged(seqs: list[list[Any] | None], width: int, name: str) -> tuple[np.nda
     return flat, lengths, b_idx, t_idx
 
 
-def _padded(lengths: np.ndarray, b_idx: np.ndarray, t_idx: np.ndarray) -> tuple[int, np.ndarray]:
-    steps = max(1, int(lengths.max()))
+def _padded(
+    lengths: np.ndarray, b_idx: np.ndarray, t_idx: np.ndarray, fixed: int | None
+) -> tuple[int, np.ndarray]:
+    longest = int(lengths.max())
+    if fixed is not None and longest > fixed:
+        raise ValueError(f"a sample has {longest} steps, more than the fixed length {fixed}")
+    steps = max(1, longest if fixed is None else fixed)
     pad = np.zeros((len(lengths), steps), dtype=bool)
     pad[b_idx, t_idx] = True
     return steps, pad
 
 
-def _sequence(payloads: list[Any], spec: ModalitySpec, rows_key: str) -> ModalityBatch:
+def _sequence(payloads: list[Any], spec: ModalitySpec, rows_key: str, fixed: int | None) -> ModalityBatch:
     """timeseries (values with missing) or embedding (vectors); both carry times in hours."""
     seqs: list[list[Any] | None] = []
     times_in: list[list[Any] | None] = []
@@ -69,7 +75,7 @@ def _sequence(payloads: list[Any], spec: ModalitySpec, rows_key: str) -> Modalit
             seqs.append(p[rows_key])
             times_in.append(p.get("times") or [0.0] * len(p[rows_key]))
     flat, lengths, b_idx, t_idx = _ragged(seqs, spec.dim, spec.name)
-    steps, pad = _padded(lengths, b_idx, t_idx)
+    steps, pad = _padded(lengths, b_idx, t_idx, fixed)
     bsz = len(payloads)
     values = np.zeros((bsz, steps, spec.dim), dtype=np.float32)
     times = np.zeros((bsz, steps), dtype=np.float32)
@@ -112,12 +118,12 @@ def _tabular(payloads: list[Any], spec: ModalitySpec) -> ModalityBatch:
     )
 
 
-def _text(payloads: list[Any], tokenizer: HashTokenizer) -> ModalityBatch:
+def _text(payloads: list[Any], tokenizer: HashTokenizer, fixed: int | None) -> ModalityBatch:
     ids = [[] if p is None else tokenizer.encode(p["text"]) for p in payloads]
     lengths = np.array([len(i) for i in ids], dtype=np.int64)
     b_idx = np.repeat(np.arange(len(ids)), lengths)
     t_idx = np.arange(len(b_idx)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    steps, pad = _padded(lengths, b_idx, t_idx)
+    steps, pad = _padded(lengths, b_idx, t_idx, fixed)
     values = np.zeros((len(ids), steps), dtype=np.int64)
     values[b_idx, t_idx] = np.fromiter((i for row in ids for i in row), np.int64, count=len(b_idx))
     return ModalityBatch(
@@ -176,8 +182,12 @@ def collate(
     *,
     tasks: Sequence[str] | None = None,
     tokenizer: HashTokenizer | None = None,
+    lengths: Mapping[str, int] | None = None,
 ) -> Batch:
-    """Pad and stack `samples` for the modalities of `tasks` (default: all specs) and their labels."""
+    """Pad and stack `samples` for the modalities of `tasks` (default: all specs) and their labels.
+
+    `lengths` fixes the padded length of variable-length modalities (steps, or text tokens) instead
+    of the batch's longest (see `flame_core.invariance.fixed_lengths`)."""
     if len(samples) == 0:
         raise ValueError("cannot collate an empty list of samples")
     task_names = list(specs.tasks) if tasks is None else list(tasks)
@@ -194,14 +204,15 @@ def collate(
     for name in names:
         spec = specs.modalities[name]
         payloads = [s["modalities"].get(name) for s in samples]
+        fixed = None if lengths is None else lengths.get(name)
         if spec.kind == "timeseries":
-            mods[name] = _sequence(payloads, spec, "values")
+            mods[name] = _sequence(payloads, spec, "values", fixed)
         elif spec.kind == "embedding":
-            mods[name] = _sequence(payloads, spec, "embeddings")
+            mods[name] = _sequence(payloads, spec, "embeddings", fixed)
         elif spec.kind == "tabular":
             mods[name] = _tabular(payloads, spec)
         elif spec.kind == "text":
-            mods[name] = _text(payloads, tokenizer)
+            mods[name] = _text(payloads, tokenizer, fixed)
         else:
             mods[name] = _image(payloads, spec)
 

@@ -102,6 +102,10 @@ class MoELayer(nn.Module):
         super().__init__()
         self.experts = nn.ModuleList(Expert(d_model, hidden, kernel, dropout) for _ in range(n_experts))
         self.kernel = kernel
+        # > 1: each expert's rows are padded to a multiple of this, so the matmul kernels a row goes
+        # through do not depend on how many tokens the batch routed to its expert (batch-invariant
+        # serving, `flame_core.invariance`). Inference only: padded rows would reach `Expert.observe`.
+        self.row_multiple = 1
 
     def forward(
         self, xs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], gates: Sequence[torch.Tensor]
@@ -141,10 +145,16 @@ class MoELayer(nn.Module):
         counts = torch.bincount(exp, minlength=n_exp).tolist()
         experts: list[Expert] = list(self.experts)  # type: ignore[arg-type]
         parts = zip(experts, windows.split(counts), counts, strict=True)
-        outs = [expert.tokens(win) for expert, win, n in parts if n]
+        outs = [self._rows(expert, win) for expert, win, n in parts if n]
         mixed = table.new_zeros(out_base, table.shape[1])  # (sum B * L_m, d)
         if outs:
             y = torch.cat(outs) * gate_all[tok, exp].unsqueeze(-1)  # (n, d)
             mixed = mixed.index_add(0, target_all[tok], y)
         sizes = [x.shape[0] * x.shape[1] for x in xs]
         return [part.view_as(x) for part, x in zip(mixed.split(sizes), xs, strict=True)]
+
+    def _rows(self, expert: Expert, windows: torch.Tensor) -> torch.Tensor:
+        extra = -windows.shape[0] % self.row_multiple
+        if extra == 0:
+            return expert.tokens(windows)
+        return expert.tokens(F.pad(windows, (0, 0, 0, extra)))[: windows.shape[0]]

@@ -33,6 +33,7 @@ from service.db import make_engine, make_session_factory
 from service.errors import BodySizeLimitMiddleware, install_error_handlers
 from service.inference.alias_watch import AliasListener, poll_alias
 from service.inference.audit_writer import AuditWriter
+from service.inference.batcher import Batcher
 from service.inference.host import ModelHost
 from service.inference.router import router as inference_router
 from service.jobs.queue import LocalQueue, enqueue
@@ -147,8 +148,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.audit_writer.start()
     app.state.host = ModelHost(
-        store=app.state.store, session_factory=app.state.session_factory, device=settings.device
+        store=app.state.store,
+        session_factory=app.state.session_factory,
+        device=settings.device,
+        batch_invariant=settings.batch_invariant,
     )
+    app.state.batcher = Batcher(
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_depth=settings.max_queue_depth,
+    )
+    app.state.batcher.start()
     try:
         await run_in_threadpool(app.state.host.reload_if_changed)
     except Exception:  # noqa: BLE001 - start anyway; /readyz says why it is not ready
@@ -170,6 +180,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(app.state.reaper.stop)
         if app.state.job_queue is not None:
             await run_in_threadpool(app.state.job_queue.stop)  # the running job goes back to the queue
+        await run_in_threadpool(app.state.batcher.stop)  # answers the queued predictions first
         await run_in_threadpool(app.state.audit_writer.stop)  # flushes queued audit rows
         engine.dispose()
 

@@ -66,6 +66,18 @@ class ModelNotReady(ServiceUnavailable):
     code = "model_not_ready"
 
 
+class Overloaded(ServiceUnavailable):
+    """The task's prediction queue is full (answered 429 with `Retry-After`): back off, then retry."""
+
+    code = "overloaded"
+
+
+class DeadlineExceeded(DomainError):
+    """The request's deadline passed before its forward pass started; the work was dropped (504)."""
+
+    code = "deadline_exceeded"
+
+
 STATUS_OF: list[tuple[type[DomainError], int]] = [
     (Unauthenticated, 401),
     (PermissionDenied, 403),
@@ -75,7 +87,9 @@ STATUS_OF: list[tuple[type[DomainError], int]] = [
     (PayloadInvalid, 422),
     (DatasetUnsuitable, 422),
     (PredictionNotFinite, 422),
+    (Overloaded, 429),
     (ServiceUnavailable, 503),
+    (DeadlineExceeded, 504),
     (ArtifactCorrupt, 500),
 ]
 

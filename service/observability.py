@@ -96,6 +96,18 @@ PROMOTIONS = Counter(
 )
 for _outcome in ("promoted", "rejected"):
     PROMOTIONS.labels(_outcome)  # both series exist from the start, at zero
+# The micro-batcher (service/inference/batcher.py).
+PREDICT_REJECTED = Counter(
+    "flame_predict_rejected",
+    "Prediction requests not computed: overloaded (queue full, 429) or deadline (expired, 504).",
+    ["task", "reason"],
+)
+PREDICT_QUEUE_SECONDS = Histogram(
+    "flame_predict_queue_seconds",
+    "Time a prediction request waited in its task's queue before its forward pass began.",
+    ["priority"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 def multiprocess_dir() -> str | None:

@@ -70,6 +70,7 @@ _ERROR_DOC: dict[int, str] = {
         "Not ready, the queue is full, or the database is unreachable (code `database_unavailable`); "
         "retry after `Retry-After` seconds."
     ),
+    504: "The request's deadline passed before it was computed (code `deadline_exceeded`).",
 }
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True, "description": "`Bearer`"}},

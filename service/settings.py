@@ -49,9 +49,17 @@ class Settings(BaseSettings):
     max_dataset_bytes: PositiveInt = 512 * 1024 * 1024
     max_model_bytes: PositiveInt = 2 * 1024 * 1024 * 1024  # a checkpoint uploaded to POST /models
     max_instances: PositiveInt = 64
+    # the micro-batcher (service/inference/batcher.py): a forward pass takes up to max_batch_size
+    # instances, waiting at most max_wait_ms for more while requests are on their way; a task queues
+    # at most max_queue_depth requests (beyond: 429 with Retry-After). A request not started within
+    # predict_deadline_ms (or its X-Flame-Deadline-Ms header, if shorter) is dropped: 504.
     max_batch_size: PositiveInt = 32
-    max_wait_ms: float = Field(default=5.0, ge=0.0, le=10_000.0)
-    max_queue_depth: PositiveInt = 1024  # per task; beyond it the API answers 429 with Retry-After
+    max_wait_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
+    max_queue_depth: PositiveInt = 1024
+    predict_deadline_ms: float = Field(default=30_000.0, gt=0.0, le=3_600_000.0)
+    # batch-invariant serving: a prediction's bits never depend on the requests batched with it
+    # (fixed padding per modality, whole row tiles); false pads to each batch's longest sample
+    batch_invariant: bool = True
 
     # continual learning: the most rank any single weight may accumulate over all stages
     capacity_rank_budget: PositiveInt | None = 64

@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from service.auth.service import parse_duration
 from service.orm import utcnow
 
-Scope = Literal["predict", "train", "admin"]
+Scope = Literal["predict", "stat", "train", "admin"]
 
 
 class KeyCreate(BaseModel):

@@ -25,7 +25,8 @@ from service.auth.models import ApiKey
 from service.orm import utcnow
 from service.registry.errors import ApiKeyNotFound, PermissionDenied
 
-SCOPES = ("predict", "train", "admin")  # admin implies every other scope
+# admin implies every other scope; `stat` lets a key send `X-Flame-Priority: stat` predictions
+SCOPES = ("predict", "stat", "train", "admin")
 TOKEN_PREFIX = "flm"
 _PREFIX_HEX = 8
 _DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")

@@ -7,8 +7,10 @@ swaps them. A request takes `host.current` once and keeps that
 `LoadedVersion` to the end, so in-flight requests finish on the version they started with, and the
 old one is freed when its last request drops it.
 
-Batching: each request runs its own forward pass (its instances batched together). A per-task
-micro-batcher across requests can sit in front of `LoadedVersion.forward` later without changing it.
+Batching: `service.inference.batcher` forms batches across requests and calls
+`LoadedVersion.forward`. A batch-invariant version (the default) collates every request with fixed
+lengths (`prepare`) and pads batches to whole row tiles, so a sample's output bits never depend on
+the requests it was batched with (`flame_core.invariance`, docs/design.md).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from flame_core.batch import Batch
+from flame_core.collate import collate
 from flame_core.continual import ContinualFlame
-from flame_core.model import Flame, FlameOutput
+from flame_core.invariance import fixed_lengths, make_batch_invariant, pad_rows
+from flame_core.model import Flame, FlameOutput, Routing
 from service.artifacts import ArtifactStore
 from service.errors import ModelNotReady
 from service.observability import set_model_version
@@ -52,32 +56,64 @@ class LoadedVersion:
     device: torch.device
     cursor_models: dict[int, Flame] = field(default_factory=dict)
     tokenizer: Any = None
+    # fixed padded lengths per modality when batch-invariant, else None (pad to the batch's longest)
+    lengths: dict[str, int] | None = None
 
     @property
     def specs(self):  # type: ignore[no-untyped-def]
         return self.model.specs
 
+    @property
+    def invariant(self) -> bool:
+        return self.lengths is not None
+
     def cursor_of(self, task: str) -> int:
         return self.model.cursor[task]
 
+    def prepare(self, samples: list[dict], task: str) -> Batch:
+        """Collate validated samples for `task`: one request's part of a batch (CPU tensors)."""
+        return collate(samples, self.specs, tasks=[task], tokenizer=self.tokenizer, lengths=self.lengths)
+
     def forward(self, batch: Batch, task: str) -> FlameOutput:
-        """One plain forward pass of the task's cursor model (no weight swapping per call)."""
+        """One plain forward pass of the task's cursor model (no weight swapping per call), on
+        `batch.size` rows: a batch-invariant version pads the rows, then drops the padding's outputs.
+        On CUDA the batch is copied from pinned memory without blocking; nothing syncs until the
+        caller reads the outputs."""
         model = self.cursor_models[self.cursor_of(task)]
+        n = batch.size
+        if self.invariant:
+            batch = pad_rows(batch)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
         with torch.inference_mode():
-            return model(batch.to(self.device), [task])
+            out = model(batch.to(self.device), [task])
+        if out.outputs[task].shape[0] == n:
+            return out
+        routing = {m: Routing(r.experts[:n], r.weights[:n], r.present[:n]) for m, r in out.routing.items()}
+        return out._replace(outputs={t: v[:n] for t, v in out.outputs.items()}, routing=routing)
 
 
 def load_loaded_version(
-    store: ArtifactStore, version: Any, device: torch.device, ancestor: LoadedVersion | None = None
+    store: ArtifactStore,
+    version: Any,
+    device: torch.device,
+    ancestor: LoadedVersion | None = None,
+    *,
+    invariant: bool = True,
 ) -> LoadedVersion:
     """Load `version` ready to serve. `ancestor`, a loaded version that `version` descends from, lends
     its cursor models for the cursors both have: a later stage never changes an earlier cursor's
-    weights (the structural guarantee), so a new stage costs one cursor model, not one per stage."""
+    weights (the structural guarantee), so a new stage costs one cursor model, not one per stage.
+    `invariant`: batch-invariant serving (fixed lengths, whole row tiles)."""
     cl = load_version(store, version, device=device)
     cl.eval()
     cursors = sorted(set(cl.cursor.values()))
-    shared = ancestor.cursor_models if ancestor is not None and ancestor.device == device else {}
+    same = ancestor is not None and ancestor.device == device and ancestor.invariant == invariant
+    shared = ancestor.cursor_models if ancestor is not None and same else {}
     models = {c: shared[c] if c in shared else cl.cursor_model(c).eval() for c in cursors}
+    if invariant:
+        for m in models.values():
+            make_batch_invariant(m)
     return LoadedVersion(
         id=version.id,
         digest=version.digest,
@@ -85,6 +121,7 @@ def load_loaded_version(
         device=device,
         cursor_models=models,
         tokenizer=cl.config.tokenizer(),
+        lengths=fixed_lengths(cl.specs, cl.config) if invariant else None,
     )
 
 
@@ -98,8 +135,10 @@ class ModelHost:
         session_factory: sessionmaker[Session],
         device: str = "auto",
         alias: str = "active",
+        batch_invariant: bool = True,
     ) -> None:
         self.store = store
+        self.batch_invariant = batch_invariant
         self.session_factory = session_factory
         self.device = resolve_device(device)
         self.alias = alias
@@ -141,7 +180,9 @@ class ModelHost:
                 session.expunge(version)
             ancestor = held if held is not None and held.id in ancestors else None
             try:
-                loaded = load_loaded_version(self.store, version, self.device, ancestor)
+                loaded = load_loaded_version(
+                    self.store, version, self.device, ancestor, invariant=self.batch_invariant
+                )
             except Exception as e:  # noqa: BLE001 - keep serving the old version, report why
                 self.last_error = f"loading version {version.id!r} failed: {e}"
                 log.exception("model load failed", extra={"version": version.id})

@@ -1,4 +1,5 @@
-"""Prediction as plain functions: parse the body, validate each instance, one forward, shape outputs.
+"""Prediction as plain functions: validate and collate a request (`prepare`), then shape the outputs
+of its rows of a batched forward pass (`finish`); `service.inference.batcher` runs the forward.
 
 Kept apart from the router so the steps are testable and the route stays thin. Nothing here logs or
 stores payloads; only modality names and counts leave this module.
@@ -12,20 +13,18 @@ from typing import Any
 
 import torch
 
-from flame_core.collate import collate
-from flame_core.heads import predict_outputs
+from flame_core.batch import Batch
 from flame_core.ranges import outside_ranges
 from flame_core.specs import HeadSpec
 from flame_core.validation import SampleInvalid, validate_sample
 from service.errors import PayloadInvalid, PredictionNotFinite
+from service.inference.batcher import Rows
 from service.inference.host import LoadedVersion
 from service.observability import (
     EXPERT_SELECTIONS,
     MODALITY_PRESENCE,
     NONFINITE_PREDICTIONS,
-    PREDICT_BATCH_SIZE,
     PREDICT_DURATION,
-    QUEUE_DEPTH,
 )
 from service.registry.errors import TaskNotFound
 
@@ -82,17 +81,13 @@ def head_output(head: HeadSpec, value: torch.Tensor) -> dict[str, Any]:
     if head.type == "binary":
         p = float(value)
         label = int(p >= 0.5)
-        out: dict[str, Any] = {"type": "binary", "probability": p, "label": label}
-        if head.labels:
-            out["class_name"] = head.labels[label]
-        return out
+        name = head.labels[label] if head.labels else None
+        return {"type": "binary", "probability": p, "label": label, "class_name": name}
     if head.type == "multiclass":
         probs = [float(v) for v in value]
         label = max(range(len(probs)), key=probs.__getitem__)
-        out = {"type": "multiclass", "probabilities": probs, "label": label}
-        if head.labels:
-            out["class_name"] = head.labels[label]
-        return out
+        name = head.labels[label] if head.labels else None
+        return {"type": "multiclass", "probabilities": probs, "label": label, "class_name": name}
     if head.type == "multilabel":
         names = list(head.labels) or [str(j) for j in range(head.classes)]
         named = {n: float(v) for n, v in zip(names, value, strict=True)}
@@ -122,27 +117,35 @@ def check_finite(task: str, values: torch.Tensor, routing: dict[str, Any], batch
     )
 
 
-def predict(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) -> PredictResult:
-    """Validate, run one forward pass over the request's instances, and explain each prediction."""
+@dataclass
+class Prepared:
+    """A request validated and collated: what the batcher needs, and what the answer needs."""
+
+    loaded: LoadedVersion
+    task: str
+    items: list[Any]  # the request's samples as sent (for the training-range check)
+    samples: list[dict[str, Any]]  # validated
+    batched: bool  # {"instances": [...]} rather than one bare sample
+    batch: Batch
+
+
+def prepare(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) -> Prepared:
+    """Validate every instance and collate them (per request, off the inference thread)."""
     check_task(loaded, task)
     t0 = time.perf_counter()
     items, batched = instances_of(body, max_instances)
     samples = validate_instances(loaded, task, items, batched)
-    t1 = time.perf_counter()
-    PREDICT_DURATION.labels(task=task, stage="validate").observe(t1 - t0)
+    batch = loaded.prepare(samples, task)
+    PREDICT_DURATION.labels(task=task, stage="validate").observe(time.perf_counter() - t0)
+    return Prepared(loaded, task, items, samples, batched, batch)
 
+
+def finish(prepared: Prepared, rows: Rows) -> PredictResult:
+    """Each instance's prediction from its rows of the forward pass, explained."""
+    loaded, task, samples = prepared.loaded, prepared.task, prepared.samples
     spec = loaded.specs.tasks[task]
-    QUEUE_DEPTH.inc()
-    try:
-        batch = collate(samples, loaded.specs, tasks=[task], tokenizer=loaded.tokenizer)
-        out = loaded.forward(batch, task)
-        values = predict_outputs(spec.head, out.outputs[task]).cpu()
-        routing = {m: (r.experts.cpu(), r.weights.cpu(), r.present.cpu()) for m, r in out.routing.items()}
-    finally:
-        QUEUE_DEPTH.dec()
-    PREDICT_DURATION.labels(task=task, stage="forward").observe(time.perf_counter() - t1)
-    PREDICT_BATCH_SIZE.observe(len(samples))
-    check_finite(task, values, routing, batched)
+    values, routing = rows.values, rows.routing
+    check_finite(task, values, routing, prepared.batched)
     ranges = loaded.model.training_ranges.get(task, {})
 
     predictions, present, missing = [], set(), set()
@@ -171,7 +174,7 @@ def predict(*, loaded: LoadedVersion, task: str, body: Any, max_instances: int) 
                     "ignored": sorted(m for m in sample["modalities"] if m not in spec.modalities),
                 },
                 "routing": routes,
-                "out_of_training_range": outside_ranges(items[i], loaded.specs, ranges)[0],
+                "out_of_training_range": outside_ranges(prepared.items[i], loaded.specs, ranges)[0],
             }
         )
     return PredictResult(

@@ -3,8 +3,9 @@
 When a task is introduced (stage 0 or any later stage) up to `CANARY_SIZE` of its validation samples
 (labelled ones first) are stored as an artifact, and the digest of the task's raw outputs on them
 is stored with the task: float32 bytes, samples in stored order, computed exactly as the serving
-host computes a prediction (`load_loaded_version`, `validate_sample`, `collate`,
-`LoadedVersion.forward` of the task's cursor model). The promotion gate (`service.jobs.promotion`)
+host computes a prediction (`load_loaded_version`, `validate_sample`, `LoadedVersion.prepare` and
+`LoadedVersion.forward` of the task's cursor model; batch-invariant, so the same bits as any batch
+the host forms). The promotion gate (`service.jobs.promotion`)
 replays every earlier task's canaries on a new version before `active` may move to it.
 
 Canaries always run on the CPU with one intra-op thread, so a digest recorded by one process (the
@@ -24,7 +25,6 @@ from typing import Any
 
 import torch
 
-from flame_core.collate import collate
 from flame_core.validation import SampleInvalid, validate_sample
 from service.artifacts import ArtifactStore
 from service.inference.host import LoadedVersion, load_loaded_version
@@ -87,7 +87,7 @@ def choose(loaded: LoadedVersion, task: str, samples: Sequence[Any], n: int = CA
 def outputs_digest(loaded: LoadedVersion, task: str, samples: Sequence[Any]) -> str:
     """sha256 of the task's outputs on `samples` (float32 bytes, in order), as the host computes them."""
     canonical = [validate_sample(s, loaded.specs, [task], index=i) for i, s in enumerate(samples)]
-    batch = collate(canonical, loaded.specs, tasks=[task], tokenizer=loaded.tokenizer)
+    batch = loaded.prepare(canonical, task)
     with _one_thread():
         outputs = loaded.forward(batch, task).outputs[task]
     data = outputs.detach().to(CPU, torch.float32).contiguous().numpy().tobytes()

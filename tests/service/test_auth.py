@@ -65,7 +65,12 @@ def test_scopes_and_admin_implies_all(session):
     admin, _ = auth.create_api_key(session=session, name="a", scopes=["admin"])
     assert predictor.scopes == ["predict"] and trainer.scopes == ["predict", "train"]
     table = {k.name: [auth.has_scope(k, s) for s in auth.SCOPES] for k in (predictor, trainer, admin)}
-    assert table == {"p": [True, False, False], "t": [True, True, False], "a": [True, True, True]}
+    # SCOPES: predict, stat, train, admin
+    assert table == {
+        "p": [True, False, False, False],
+        "t": [True, False, True, False],
+        "a": [True, True, True, True],
+    }
     auth.require_scope(admin, "train")
     with pytest.raises(PermissionDenied, match="lacks the 'train' scope"):
         auth.require_scope(predictor, "train")

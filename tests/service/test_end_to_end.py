@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -166,6 +167,20 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     after = client.post("/predict/mortality", json={"instances": payloads}, headers=auth(keys["predict"]))
     assert after.json()["model_version"] == "v2"
     assert json.dumps(after.json()["predictions"]) == json.dumps(before.json()["predictions"])
+
+    # The same through the micro-batcher under concurrent load: each payload sent alone, 8 at a time,
+    # mixed with `los` requests, lands in batches of any company and still answers the same bytes.
+    def one(i: int) -> tuple[int, dict]:
+        task = "los" if i % 4 == 3 else "mortality"
+        r = client.post(f"/predict/{task}", json=payloads[i % 5], headers=auth(keys["predict"]))
+        assert r.status_code == 200, r.text
+        return i, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(80)))
+    for i, body in answers:
+        if body["task"] == "mortality":
+            assert json.dumps(body["predictions"][0]) == json.dumps(before.json()["predictions"][i % 5])
 
 
 def test_rollback_serves_the_older_version(product):

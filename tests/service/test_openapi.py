@@ -30,7 +30,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("get", "/healthz"): {200, 500},
     ("get", "/readyz"): {200, 500, 503},
     ("get", "/metrics"): {200, 500},
-    ("post", "/predict/{task}"): KEYED | {200, 404, 413, 415, 422, 429},
+    ("post", "/predict/{task}"): KEYED | {200, 404, 413, 415, 422, 429, 504},
     ("post", "/datasets"): KEYED | {201, 413, 422},
     ("get", "/datasets/{dataset_id}"): KEYED | {200, 404, 422},
     ("post", "/tasks"): KEYED | {202, 404, 409, 413, 415, 422},

@@ -50,7 +50,7 @@ def test_revocation_reaches_the_cache_after_the_ttl(db):  # type: ignore[no-unty
     assert cache.authenticate(session_factory=db["factory"], token=token).id == key_id
     digest = hashlib.sha256(token.encode()).hexdigest()
     stored = repr(cache.__dict__)  # keyed by the token's hash; the plaintext is nowhere
-    assert digest in stored and token not in stored and token.split("_")[2] not in stored
+    assert digest in stored and token not in stored and token.split("_", 2)[2] not in stored
     with session_scope(db["factory"]) as s:
         revoke_api_key(session=s, key_id=key_id)
     clock.now += 9

@@ -195,7 +195,6 @@ def stage_request(client, icu, task: dict, **options) -> dict:  # type: ignore[n
 
 def host_outputs(store, session_factory, version: str, task: str, samples: list[dict]) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """The task's raw outputs on `samples` from `version` loaded exactly as the serving host loads it."""
-    from flame_core.collate import collate
     from flame_core.validation import validate_sample
     from service.inference.host import load_loaded_version
 
@@ -203,5 +202,4 @@ def host_outputs(store, session_factory, version: str, task: str, samples: list[
         row = registry.get_version(session=s, version=version)
     loaded = load_loaded_version(store, row, torch.device("cpu"))
     canonical = [validate_sample({"modalities": x["modalities"]}, loaded.specs, [task]) for x in samples]
-    batch = collate(canonical, loaded.specs, tasks=[task], tokenizer=loaded.tokenizer)
-    return loaded.forward(batch, task).outputs[task]
+    return loaded.forward(loaded.prepare(canonical, task), task).outputs[task]
