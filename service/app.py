@@ -42,6 +42,7 @@ from service.limits import ContentTypeMiddleware
 from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
 from service.openapi import install_openapi
 from service.registry.router import router as registry_router
+from service.runtime import apply_torch_threads
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("flame.app")
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None, *, reload_interval_s: float = R
     """A new app for `settings` (default: from the environment); nothing connects until startup."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    apply_torch_threads(settings, serving=True)  # here: each `--workers N` child builds its own app
     app = FastAPI(title="FLAME Serve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.reload_interval_s = reload_interval_s
