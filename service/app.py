@@ -39,7 +39,12 @@ from service.jobs.queue import LocalQueue, enqueue
 from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
 from service.limits import ContentTypeMiddleware
-from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
+from service.observability import (
+    ObservabilityMiddleware,
+    configure_logging,
+    render_metrics,
+    worker_exiting,
+)
 from service.openapi import install_openapi
 from service.registry.router import router as registry_router
 from service.runtime import apply_torch_threads
@@ -173,6 +178,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(app.state.job_queue.stop)  # the running job goes back to the queue
         await run_in_threadpool(app.state.audit_writer.stop)  # flushes queued audit rows
         engine.dispose()
+        worker_exiting()  # with several workers: this process's live gauges leave /metrics
 
 
 def create_app(settings: Settings | None = None, *, reload_interval_s: float = RELOAD_INTERVAL_S) -> FastAPI:
