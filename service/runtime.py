@@ -28,9 +28,11 @@ log = logging.getLogger("flame.runtime")
 
 
 def default_wait_policy() -> bool:
-    """Set `OMP_WAIT_POLICY=PASSIVE` unless the user set it. Returns False when torch is already
-    imported, so the value can no longer reach its OpenMP pool (the caller ran too late)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Set `OMP_WAIT_POLICY=PASSIVE` unless the user set it. Returns False when it was unset and torch
+    is already imported, so the value can no longer reach its OpenMP pool (the caller ran too late)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return True
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if "torch" in sys.modules:
         log.warning("torch was imported before OMP_WAIT_POLICY was set; its OpenMP threads may busy-wait")
         return False

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from service.app import create_app
-from service.runtime import torch_threads
+from service.runtime import default_wait_policy, torch_threads
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,14 @@ def test_flame_entry_sets_a_passive_wait_policy_before_torch_loads():
 
 def test_flame_entry_keeps_the_users_wait_policy():
     assert run_entry("ACTIVE") == ["ACTIVE", "False"]
+
+
+def test_the_wait_policy_reports_when_it_came_too_late(monkeypatch):
+    assert "torch" in sys.modules  # imported above, as a library user might
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_wait_policy() is False and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice: nothing to report
+    assert default_wait_policy() is True and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_training_keeps_torchs_default_unless_the_setting_is_explicit(tmp_path, monkeypatch):
