@@ -40,9 +40,15 @@ from service.jobs.queue import LocalQueue, enqueue
 from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
 from service.limits import ContentTypeMiddleware
-from service.observability import ObservabilityMiddleware, configure_logging, render_metrics
+from service.observability import (
+    ObservabilityMiddleware,
+    configure_logging,
+    render_metrics,
+    worker_exiting,
+)
 from service.openapi import install_openapi
 from service.registry.router import router as registry_router
+from service.runtime import apply_torch_threads
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("flame.app")
@@ -183,12 +189,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(app.state.batcher.stop)  # answers the queued predictions first
         await run_in_threadpool(app.state.audit_writer.stop)  # flushes queued audit rows
         engine.dispose()
+        worker_exiting()  # with several workers: this process's live gauges leave /metrics
 
 
 def create_app(settings: Settings | None = None, *, reload_interval_s: float = RELOAD_INTERVAL_S) -> FastAPI:
     """A new app for `settings` (default: from the environment); nothing connects until startup."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    apply_torch_threads(settings, serving=True)  # here: each `--workers N` child builds its own app
     app = FastAPI(title="FLAME Serve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.reload_interval_s = reload_interval_s

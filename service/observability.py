@@ -17,6 +17,7 @@ import re
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -70,11 +71,13 @@ NONFINITE_PREDICTIONS = Counter(
     "Instances whose model output was not finite (answered 422, never shown as a prediction).",
     ["task"],
 )
+# Gauges with several processes: live* modes drop a process's values once it is marked dead
+# (`worker_exiting`); `livemax` keeps a version at 1 while any live worker holds it, with no pid label.
 MODEL_INFO = Gauge(
     "flame_model_info",
     "The served model version (1 for the version held now).",
     ["version"],
-    multiprocess_mode="liveall",
+    multiprocess_mode="livemax",
 )
 QUEUE_DEPTH = Gauge(
     "flame_queue_depth",
@@ -112,6 +115,25 @@ PREDICT_QUEUE_SECONDS = Histogram(
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def prepare_multiprocess_dir(default: Path) -> Path:
+    """Before several API workers start: the user's PROMETHEUS_MULTIPROC_DIR or `default`, emptied of
+    an earlier run's files, exported so every worker (spawned after this) writes its metrics there."""
+    path = Path(multiprocess_dir() or default)
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):  # only prometheus-client's files: the user's folder may hold more
+        old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def worker_exiting() -> None:
+    """A worker shutting down drops its live gauges (queue depth, model version); its counters and
+    histograms stay counted. A worker killed without a shutdown (SIGKILL, OOM) keeps its gauge
+    files until the next `flame serve --workers N` empties the folder."""
+    if multiprocess_dir():
+        prom_multiprocess.mark_process_dead(os.getpid())
 
 
 def render_metrics() -> tuple[bytes, str]:

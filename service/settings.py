@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     # inference
     device: str = "auto"
+    # torch intra-op threads per process (service/runtime.py): every API worker uses it; training
+    # (`flame train`, `flame continual`, `flame worker`) keeps torch's default unless it is set
+    torch_threads: PositiveInt = 1
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     max_dataset_bytes: PositiveInt = 512 * 1024 * 1024
     max_model_bytes: PositiveInt = 2 * 1024 * 1024 * 1024  # a checkpoint uploaded to POST /models

@@ -1,8 +1,16 @@
-"""The `flame` command line. Heavy imports happen inside commands so `flame --help` is instant."""
+"""The `flame` command line. Heavy imports happen inside commands so `flame --help` is instant.
 
-import typer
+Order matters: `default_wait_policy()` runs before any import that can load torch, because torch's
+OpenMP runtime reads OMP_WAIT_POLICY once, when it loads (service/runtime.py).
+"""
 
-from service.cli import analyze, bootstrap, continual, data, keys, models, serve, train, worker
+from service.runtime import default_wait_policy
+
+default_wait_policy()
+
+import typer  # noqa: E402 - after the wait policy, on purpose
+
+from service.cli import analyze, bootstrap, continual, data, keys, models, serve, train, worker  # noqa: E402
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FLAME: train, evaluate and serve.")
 app.add_typer(data.app, name="data")

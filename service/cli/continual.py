@@ -55,7 +55,9 @@ def continual_command(
     from flame_core.strategies import build_strategy
     from flame_core.stream import parse_stream, run_stream
     from flame_core.training import TrainConfig
+    from service.runtime import apply_training_threads
 
+    apply_training_threads()
     try:
         stages = parse_stream(stream)
         options: dict = {}

@@ -125,6 +125,7 @@ def serve_command(
     from flame_core.verify import CheckpointInvalid
     from service.cli.bootstrap import bootstrap
     from service.cli.registry import fail
+    from service.observability import prepare_multiprocess_dir
     from service.registry.errors import DomainError
     from service.settings import get_settings
 
@@ -139,6 +140,8 @@ def serve_command(
         if token is not None:
             show_token_once(token, settings.home / TOKEN_FILE)
     if workers > 1:
+        # every worker writes its metrics to files here; /metrics in any worker sums them all
+        prepare_multiprocess_dir(settings.home / f"metrics-{port}")
         uvicorn.run(
             "service.app:create_app", factory=True, host=host, port=port, workers=workers, **UVICORN_OPTIONS
         )

@@ -75,7 +75,9 @@ def train_command(
     from flame_core.ranges import record_training_ranges
     from flame_core.specs import SpecError, SpecSet
     from flame_core.training import TrainConfig, evaluate, fit, labelled_tasks
+    from service.runtime import apply_training_threads
 
+    apply_training_threads()
     try:
         model_config = FlameConfig(d_model=d_model, n_experts=n_experts, top_k=top_k, gating=gating)
         train_config = TrainConfig(
@@ -147,7 +149,9 @@ def evaluate_command(
     """Evaluate a trained checkpoint on labelled JSONL data; print per-task metrics."""
     from flame_core.checkpoint import load_checkpoint
     from flame_core.training import evaluate, labelled_tasks
+    from service.runtime import apply_training_threads
 
+    apply_training_threads()
     try:
         model, specs, _ = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError) as e:

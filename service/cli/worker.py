@@ -16,6 +16,7 @@ def worker_command(
     FLAME_ARTIFACT_ROOT to match the API's."""
     from service.cli.registry import fail, registry_problem
     from service.jobs.celery_app import app
+    from service.runtime import apply_training_threads
     from service.settings import get_settings
 
     settings = get_settings()
@@ -24,4 +25,5 @@ def worker_command(
     problem = registry_problem(settings.database_url)
     if problem is not None:
         raise fail(problem)
+    apply_training_threads()  # the solo and threads pools run jobs here; prefork children set it again
     app.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"])

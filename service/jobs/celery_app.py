@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.jobs.queue import TASK_NAME
 from service.settings import get_settings
@@ -82,6 +82,14 @@ def celery_for(redis_url: str) -> Celery:
 
 
 _reapers: list[Any] = []
+
+
+@worker_process_init.connect(weak=False)
+def _torch_threads(**_: Any) -> None:
+    """Each prefork child: FLAME_TORCH_THREADS when set (training keeps torch's default otherwise)."""
+    from service.runtime import apply_training_threads
+
+    apply_training_threads()
 
 
 @worker_ready.connect(weak=False)

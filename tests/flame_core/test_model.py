@@ -79,6 +79,22 @@ def test_forward_returns_outputs_losses_and_routing(mk):
     assert out.balance_loss.item() > 0 and out.aux_loss.dim() == 0
 
 
+def test_eval_forward_skips_the_aux_losses_and_keeps_outputs_and_routing(mk):
+    model = build_flame(mk.config(), multitask_specs())
+    batch = with_scan(mk.batch(bsz=6))
+    model.eval()
+    out = model(batch)
+    assert [out.aux_loss.item(), out.balance_loss.item(), out.interaction_loss.item()] == [0.0, 0.0, 0.0]
+    assert out.aux_loss.dim() == 0 and set(out.routing) == {"vitals", "labs", "notes", "scan"}
+    model.train()
+    torch.manual_seed(0)
+    trained = model(batch)
+    assert trained.balance_loss.item() > 0 and trained.aux_loss.item() > 0
+    model.eval()
+    again = model(batch)  # eval outputs do not depend on the skipped losses
+    assert all(torch.equal(out.outputs[t], again.outputs[t]) for t in out.outputs)
+
+
 def test_requested_tasks_run_only_their_modalities(mk):
     model = build_flame(mk.config(), multitask_specs())
     batch = mk.batch(bsz=4)  # no "scan" at all: not needed for "group"
