@@ -7,10 +7,11 @@ shares a GIL with the server or the harness:
     python bench/loadgen.py ... --rate 150 --duration 20            # open loop: 150 requests/s
 
 Closed loop (default): `--concurrency` connections, each sending its next request as soon as the
-last answer arrived, for `--duration` s (after `--warmup` s that are not recorded) or until
-`--requests` requests in all. Open loop (`--rate`): requests are due at a fixed rate whatever the
-server does; each waits for an idle connection (at most `--max-connections`) and its latency counts
-from when it was due, so a slow server cannot hide its queue (no coordinated omission).
+last answer arrived, for `--duration` s (after `--warmup` s that are not recorded; the answers that
+arrive in those `--duration` s are the ones counted) or until `--requests` requests in all.
+Open loop (`--rate`): requests are due at a fixed rate whatever the server does; each waits for an
+idle connection (at most `--max-connections`) and its latency counts from when it was due, so a
+slow server cannot hide its queue (no coordinated omission).
 Bodies: one JSON document per line of `--bodies`, sent in turn. Prints one JSON object: count,
 requests/s, latency percentiles (nearest rank, ms), statuses, timeouts, connection errors and the
 client's own CPU seconds.
@@ -161,11 +162,16 @@ class Run:
         if not self.args.requests:
             self.stop_at = warm_end + self.args.duration
         await (self.open() if self.args.rate else self.closed())
-        end = time.perf_counter() if self.args.requests else self.stop_at
-        kept = [r for r in self.records if r[0] >= warm_end]
-        window = max(end - warm_end, 1e-9)
-        done = sum(1 for r in kept if r[1] <= end) if not self.args.requests else len(kept)
-        return summary(kept, done / window, window, self)
+        if self.args.requests:  # every request counts, from the first to the last answer
+            kept, window = self.records, time.perf_counter() - t0
+        elif self.args.rate:  # every request due in the window, however late it was answered
+            kept, window = [r for r in self.records if r[0] >= warm_end], self.args.duration
+        else:  # closed loop: the answers that arrived in the window
+            end = self.stop_at
+            kept = [r for r in self.records if warm_end <= r[1] <= end]
+            window = self.args.duration
+        done = sum(1 for r in kept if r[1] <= warm_end + window)
+        return summary(kept, done / max(window, 1e-9), window, self)
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -181,6 +187,9 @@ def summary(kept: list[tuple[float, float, int]], rps: float, window: float, run
     for _, _, status in kept:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     ok = sorted((end - start) * 1000 for start, end, status in kept if status == 200)
+    everything: dict[str, int] = {}  # every answer, warm-up and stragglers included
+    for _, _, status in run.records:
+        everything[str(status)] = everything.get(str(status), 0) + 1
     times = os.times()
     return {
         "count": len(kept),
@@ -195,6 +204,7 @@ def summary(kept: list[tuple[float, float, int]], rps: float, window: float, run
         "ok_p50_ms": percentile(ok, 50),
         "ok_p99_ms": percentile(ok, 99),
         "statuses": dict(sorted(statuses.items())),
+        "all_statuses": dict(sorted(everything.items())),
         "timeouts": run.timeouts,
         "conn_errors": run.conn_errors,
         "error_kinds": run.errors,
