@@ -3,11 +3,14 @@ the same model version, with nothing of the service (no auth, no audit, no metri
 One validate + collate + forward per request, in FastAPI's thread pool; it answers probabilities.
 
     FLAME_HOME=/tmp/x python bench/naive_serve.py --port 8001 [--version v1] [--device cpu]
+
+(--device defaults to FLAME_DEVICE, else cpu.)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,7 +77,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--version", default=None, help="default: the active version")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=os.environ.get("FLAME_DEVICE", "cpu"))
     args = parser.parse_args()
     app = build_app(load(args.version, args.device), args.device)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

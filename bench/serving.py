@@ -56,6 +56,7 @@ class Bench:
         self.notes: list[str] = []
 
     def emit(self, title: str, text: str) -> None:
+        """Print a table as soon as it is measured; the file keeps the sections in letter order."""
         block = f"## {title}\n\n{text}\n"
         print(block, flush=True)
         self.sections.append(block)
@@ -63,7 +64,8 @@ class Bench:
 
     def write(self) -> None:
         self.args.out.parent.mkdir(parents=True, exist_ok=True)
-        self.args.out.write_text(self.header + "\n\n" + "\n".join(self.sections))
+        ordered = sorted(self.sections, key=lambda b: b.split(".", 1)[0] if "." in b[:8] else "~")
+        self.args.out.write_text(self.header + "\n\n" + "\n".join(ordered))
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -93,7 +95,7 @@ class Bench:
         self.header = "# Serving benchmark (issue 8)\n\n" + machine(ROOT, args.device)
         self.header += f"\n- mode: {'--quick (untrained model, short runs)' if args.quick else 'full'}"
         print(self.header, flush=True)
-        t0 = time.perf_counter()
+        t0, self.load = time.perf_counter(), os.getloadavg()
         self.reg: Registry = build_registry(self.workdir / "home", epochs=p["epochs"])
         self.header += (
             f"\n- fixtures: demo model {self.reg.v1} and {self.reg.v20} (= {self.reg.v1} + 19 stages, "
@@ -116,7 +118,12 @@ class Bench:
         self.naive()
         self.batch_invariance()
         self.overload()
-        self.emit("Notes", "\n".join(f"- {n}" for n in self.notes) or "- none")
+        start, end = ("/".join(f"{x:.1f}" for x in load) for load in (self.load, os.getloadavg()))
+        self.notes.append(
+            f"load average (1/5/15 min): {start} at the start, {end} at the end, on {os.cpu_count()} "
+            "CPUs (above the CPU count: other work competed with this run)"
+        )
+        self.emit("Notes", "\n".join(f"- {n}" for n in self.notes))
         print(f"wrote {args.out} in {(time.perf_counter() - t0) / 60:.1f} min")
 
     def ceilings(self) -> None:
