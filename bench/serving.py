@@ -32,13 +32,14 @@ sys.path.insert(0, str(ROOT))
 from bench.serving_report import LOAD_HEADERS, errors, load_cells, machine, table  # noqa: E402
 from bench.serving_server import Server  # noqa: E402
 from bench.serving_setup import TASK, Registry, build_registry, ceiling  # noqa: E402
+from bench.serving_stress import INSTANCES, Stress  # noqa: E402
+from service.cli.serve import DEMO_EPOCHS  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 64)
 BATCHES = (1, 8, 32, 64)
-INSTANCES = 32
 QUICK = {"epochs": 0, "warmup": 0.5, "duration": 2.0, "soak": 1_000, "burst": 3.0, "open": 4.0, "ceil": 0.3}
 FULL = {
-    "epochs": None,
+    "epochs": DEMO_EPOCHS,  # the demo model as `flame bootstrap` trains it
     "warmup": 2.0,
     "duration": 8.0,
     "soak": 20_000,
@@ -48,7 +49,7 @@ FULL = {
 }
 
 
-class Bench:
+class Bench(Stress):
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
         self.p = QUICK if args.quick else FULL
@@ -113,10 +114,11 @@ class Bench:
             self.half_peak(main, peak)
             self.soak(main)
             self.stages(main)
+            invariant_off = self.invariance_runs(main)  # right before the `true` server's runs
         finally:
             main.stop()
+        self.batch_invariance(invariant_off)
         self.naive()
-        self.batch_invariance()
         self.overload()
         start, end = ("/".join(f"{x:.1f}" for x in load) for load in (self.load, os.getloadavg()))
         self.notes.append(
@@ -193,41 +195,6 @@ class Bench:
             ),
         )
 
-    def soak(self, server: Server) -> None:
-        n = self.p["soak"]
-        r = server.load(f"/predict/{TASK}", self.single, concurrency=64, requests=n, timeout=60)
-        ok = r["statuses"].get("200", 0)
-        rows = [[n, 64, r["count"], ok, errors(r), r["rps"], r["p50_ms"], r["p99_ms"], r["max_ms"]]]
-        headers = [
-            "requests",
-            "concurrency",
-            "answered",
-            "200",
-            "errors",
-            "requests/s",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-        ]
-        verdict = "0 errors, as expected" if ok == n else f"**{n - ok} requests did not get a 200**"
-        self.emit("e3. Soak: requests at concurrency 64", table(headers, rows) + f"\n\n{verdict}.")
-
-    def stages(self, server: Server) -> None:
-        rows = []
-        for version, stages in ((self.reg.v1, 1), (self.reg.v20, 20)):
-            out = server.post(f"/models/{version}/activate", {"reason": "bench"}, self.reg.admin_token)
-            if out.get("serving") != version:
-                self.notes.append(f"activating {version} answered {out}: the 1 vs 20 stages rows are suspect")
-            for c in (1, 8):
-                r = self.closed(server, f"/predict/{TASK}", self.single, c)
-                rows.append([stages, version, c, *load_cells(r, 1)])
-        server.post(f"/models/{self.reg.v1}/activate", {"reason": "bench"}, self.reg.admin_token)
-        self.emit(
-            f"e2. 1 vs 20 stages served: {TASK} (cursor 0) on v1, then on v1 + 19 stages",
-            "Moved with `POST /models/{version}/activate` on the running server.\n\n"
-            + table(["stages", "version", "concurrency", *LOAD_HEADERS], rows),
-        )
-
     def naive(self) -> None:
         env = self.env()
         naive = Server("naive", "bench/naive_serve.py", env, self.workdir, "unused")
@@ -244,61 +211,6 @@ class Bench:
             "Same model version; no auth, audit, metrics or middleware. Last column: the service's "
             "requests/s (c) over the naive one's.\n\n"
             + table(["concurrency", *LOAD_HEADERS, "service / naive"], rows),
-        )
-
-    def batch_invariance(self) -> None:
-        env = self.env(FLAME_BATCH_INVARIANT="true")
-        server = Server("invariant", "bench/serving_app.py", env, self.workdir, self.reg.predict_token)
-        rows = []
-        try:
-            for n, bodies, c in ((1, self.single, 32), (INSTANCES, self.batch, 8)):
-                rows.append(["false (from c)", n, c, *load_cells(self.service_rows[(n, c)], n)])
-                r = self.closed(server, f"/predict/{TASK}", bodies, c)
-                rows.append(["true", n, c, *load_cells(r, n)])
-        finally:
-            server.stop()
-        self.emit(
-            "e1. Batch invariance: FLAME_BATCH_INVARIANT=true vs false",
-            "A fresh server with the variable set; equal rows mean the service ignores it so far.\n\n"
-            + table(["FLAME_BATCH_INVARIANT", "instances/request", "concurrency", *LOAD_HEADERS], rows),
-        )
-
-    def overload(self) -> None:
-        env = self.env(FLAME_MAX_QUEUE_DEPTH="64")
-        server = Server("overload", "bench/serving_app.py", env, self.workdir, self.reg.predict_token)
-        try:
-            r = server.load(
-                f"/predict/{TASK}", self.single, concurrency=512, duration=self.p["burst"], timeout=30
-            )
-        finally:
-            server.stop()
-        statuses = ", ".join(f"{s}: {n}" for s, n in r["all_statuses"].items()) or "none"
-        row = [
-            512,
-            64,
-            r["issued"],
-            statuses,
-            r["timeouts"],
-            r["conn_errors"],
-            r["ok_p50_ms"],
-            r["ok_p99_ms"],
-            r["max_ms"],
-        ]
-        headers = [
-            "concurrency",
-            "max queue depth",
-            "sent",
-            "answers by status",
-            "timed out (30 s)",
-            "conn errors",
-        ]
-        headers += ["200 p50 ms", "200 p99 ms", "max ms"]
-        verdict = "no request timed out" if not r["timeouts"] else f"**{r['timeouts']} requests timed out**"
-        shed = r["all_statuses"].get("429", 0)
-        self.emit(
-            f"e4. Overload: a {self.p['burst']:.0f} s burst at concurrency 512, FLAME_MAX_QUEUE_DEPTH=64",
-            table(headers, [row])
-            + f"\n\n{verdict}; {shed} answered 429 (expected once the batcher sheds load).",
         )
 
 
