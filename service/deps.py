@@ -1,16 +1,18 @@
 """FastAPI dependencies: the app's settings, sessions, model host and API-key auth.
 
 Everything comes from `app.state` (built in the lifespan), never from module globals, so tests can
-run several apps side by side. Every router takes its dependencies from this module.
+run several apps side by side. Every router takes its dependencies from this module. Dependencies
+that do no I/O are `async def`: FastAPI runs a plain `def` one in the thread pool, a hop per request.
 
 No `from __future__ import annotations` here: FastAPI must resolve the `Annotated` dependency of
 `require_caller`'s inner function, which names a closure variable.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,11 +28,11 @@ from service.registry.errors import PermissionDenied
 from service.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
 
 
@@ -42,24 +44,24 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_host(request: Request) -> ModelHost:
+async def get_host(request: Request) -> ModelHost:
     return request.app.state.host
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_key_cache(request: Request) -> KeyCache:
+async def get_key_cache(request: Request) -> KeyCache:
     return request.app.state.key_cache
 
 
-def get_job_queue(request: Request) -> LocalQueue | None:
+async def get_job_queue(request: Request) -> LocalQueue | None:
     """The app's in-process queue (None when jobs go to Celery)."""
     return getattr(request.app.state, "job_queue", None)
 
 
-def get_optional_host(request: Request) -> ModelHost | None:
+async def get_optional_host(request: Request) -> ModelHost | None:
     """The app's model host, if this app serves predictions (an app of the jobs routers alone does not)."""
     return getattr(request.app.state, "host", None)
 
@@ -84,14 +86,14 @@ BEARER = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
-def require_scope(scope: str) -> Callable[..., ApiKey | None]:
+def require_scope(scope: str) -> Callable[..., Awaitable[ApiKey | None]]:
     """A dependency: the caller's API key if it grants `scope` (401 without a valid key, 403 without
     the scope); None when `settings.auth_enabled` is false. Keys come through `app.state.key_cache`,
     so a recently verified key works while the database is down."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
 
-    def dependency(request: Request, credentials: Credentials) -> ApiKey | None:
+    async def dependency(request: Request, credentials: Credentials) -> ApiKey | None:
         settings: Settings = request.app.state.settings
         if not settings.auth_enabled:
             return None
@@ -100,9 +102,12 @@ def require_scope(scope: str) -> Callable[..., ApiKey | None]:
             raise Unauthenticated(
                 "missing API key: send 'Authorization: Bearer <token>'", field="authorization"
             )
-        key = request.app.state.key_cache.authenticate(
-            session_factory=request.app.state.session_factory, token=token
-        )
+        cache: KeyCache = request.app.state.key_cache
+        key = cache.fresh(token)  # the common case: no I/O, no thread hop
+        if key is None:
+            key = await run_in_threadpool(
+                cache.authenticate, session_factory=request.app.state.session_factory, token=token
+            )
         if key is None:
             raise Unauthenticated("invalid or revoked API key", field="authorization")
         if not has_scope(key, scope):
@@ -114,12 +119,12 @@ def require_scope(scope: str) -> Callable[..., ApiKey | None]:
     return dependency
 
 
-def require_caller(scope: str) -> Callable[..., str]:
+def require_caller(scope: str) -> Callable[..., Awaitable[str]]:
     """`require_scope(scope)`, answering the caller's name instead of the key (recorded as
     `created_by` / `moved_by`): `key:<name>`, or `anonymous` when auth is off."""
     key_dependency = require_scope(scope)
 
-    def caller(key: Annotated[ApiKey | None, Depends(key_dependency)]) -> str:
+    async def caller(key: Annotated[ApiKey | None, Depends(key_dependency)]) -> str:
         return "anonymous" if key is None else f"key:{key.name}"[:128]  # fits every *_by column
 
     caller.__name__ = f"caller_{scope}"

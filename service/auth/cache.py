@@ -58,6 +58,16 @@ class KeyCache:
         self._lock = threading.Lock()
         self._db_down_until = float("-inf")
 
+    def fresh(self, token: str) -> ApiKey | None:
+        """The key of `token` if it was verified within the TTL and has not expired; no I/O, so the
+        event loop may call it (a miss goes to `authenticate` in a thread)."""
+        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is None or entry.key.expired() or self._clock() - entry.verified_at >= self.ttl_s:
+            return None
+        return entry.key
+
     def authenticate(self, *, session_factory: sessionmaker[Session], token: str) -> ApiKey | None:
         """The active key of `token`, or None (401) for an unknown, malformed or revoked one.
         Raises the database's error when the key cannot be verified (503)."""

@@ -132,11 +132,12 @@ def test_random_methods_leave_the_metric_series_unchanged(server) -> None:  # ty
             client.request(method(), path)
         series()  # and the first scrape its own
         before = series()
-        for _ in range(2000):
-            client.request(method(), rng.choice(paths))
+        statuses = {client.request(method(), rng.choice(paths)).status_code for _ in range(2000)}
     after = series()
     assert after == before
-    assert any('method="other"' in s for s in after)
+    # Either the app counted them under `other` (the h11 parser passes any token through), or the
+    # HTTP parser refused them before the app (httptools, uvicorn[standard]: 400 for unknown methods).
+    assert any('method="other"' in s for s in after) or statuses == {400}, statuses
 
 
 def test_bootstrap_token_goes_to_a_private_file_when_stdout_is_a_log(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
