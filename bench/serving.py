@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -33,6 +35,7 @@ from bench.serving_report import LOAD_HEADERS, errors, load_cells, machine, tabl
 from bench.serving_server import Server  # noqa: E402
 from bench.serving_setup import TASK, Registry, build_registry, ceiling  # noqa: E402
 from bench.serving_stress import INSTANCES, Stress  # noqa: E402
+from bench.serving_verdict import Verdict  # noqa: E402
 from service.cli.serve import DEMO_EPOCHS  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 64)
@@ -49,12 +52,16 @@ FULL = {
 }
 
 
-class Bench(Stress):
+class Bench(Stress, Verdict):
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
         self.p = QUICK if args.quick else FULL
         self.sections: list[str] = []
         self.notes: list[str] = []
+        self.torch_threads = int(os.environ.get("FLAME_TORCH_THREADS", "1"))
+        self.forward_ceiling: dict[int, float] = {}
+        self.http_rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self.results: dict[str, Any] = {}
 
     def emit(self, title: str, text: str) -> None:
         """Print a table as soon as it is measured; the file keeps the sections in letter order."""
@@ -106,7 +113,7 @@ class Bench(Stress):
         )
         self.bodies()
         self.ceilings()
-        env = self.env(FLAME_BATCH_INVARIANT="false")
+        env = self.env()  # the defaults: batch-invariant, FLAME_TORCH_THREADS=1
         main = Server("service", "bench/serving_app.py", env, self.workdir, self.reg.predict_token)
         try:
             self.http_ceiling(main)
@@ -114,12 +121,14 @@ class Bench(Stress):
             self.half_peak(main, peak)
             self.soak(main)
             self.stages(main)
-            invariant_off = self.invariance_runs(main)  # right before the `true` server's runs
+            invariant_on = self.invariance_runs(main)  # right before the `false` server's runs
         finally:
             main.stop()
-        self.batch_invariance(invariant_off)
+        self.batch_invariance(invariant_on)
         self.naive()
         self.overload()
+        self.two_workers()
+        self.verdict()
         start, end = ("/".join(f"{x:.1f}" for x in load) for load in (self.load, os.getloadavg()))
         self.notes.append(
             f"load average (1/5/15 min): {start} at the start, {end} at the end, on {os.cpu_count()} "
@@ -130,20 +139,40 @@ class Bench(Stress):
 
     def ceilings(self) -> None:
         rows = []
-        for b in BATCHES:
-            r = ceiling(self.reg.model, self.reg.samples, b, self.p["ceil"], self.args.device)
-            raw, full = r["raw"], r["full"]
-            rows.append([b, raw["samples_s"], raw["median_ms"], full["samples_s"], full["median_ms"]])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.torch_threads)  # as the server runs (FLAME_TORCH_THREADS)
+        try:
+            for b in BATCHES:
+                r = ceiling(self.reg.model, self.reg.samples, b, self.p["ceil"], self.args.device)
+                raw, full, nat = r["raw"], r["full"], r["raw_natural"]
+                self.forward_ceiling[b] = raw["samples_s"]
+                rows.append(
+                    [
+                        b,
+                        raw["samples_s"],
+                        raw["median_ms"],
+                        full["samples_s"],
+                        full["median_ms"],
+                        nat["samples_s"],
+                        raw["samples_s"] / nat["samples_s"],
+                    ]
+                )
+        finally:
+            torch.set_num_threads(threads)
         headers = [
             "batch",
             "forward samples/s",
             "forward median ms",
             "+validate+collate samples/s",
             "median ms",
+            "natural padding: forward samples/s",
+            "invariant / natural",
         ]
         self.emit(
             "a. Ceiling 1: in-process forward (mortality, cursor model, inference_mode)",
-            table(headers, rows),
+            f"As served: batch-invariant (fixed lengths, rows padded to 8), {self.torch_threads} torch "
+            "thread(s) like the server. The last two columns give the invariance cost: the same forward "
+            "with each batch padded to its longest sample.\n\n" + table(headers, rows),
         )
 
     def http_ceiling(self, server: Server) -> None:
@@ -151,6 +180,7 @@ class Bench(Stress):
         for route, label in ((f"/bench/empty/{TASK}", "empty"), (f"/bench/empty-auth/{TASK}", "empty + key")):
             for c in CONCURRENCY:
                 r = self.closed(server, route, self.single, c)
+                self.http_rows[(label, c)] = r
                 rows.append([label, c, *load_cells(r, 1)])
         self.emit(
             "b. Ceiling 2: HTTP, an empty route on the service's stack (read, parse_json, constant answer)",
@@ -176,6 +206,7 @@ class Bench(Stress):
         r = server.load(
             f"/predict/{TASK}", self.single, rate=f"{rate:.2f}", duration=self.p["open"], warmup=1
         )
+        self.results["half_peak"] = r
         ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
         rows = [[f"{peak:.1f}", f"{rate:.1f}", r["rps"], r["p50_ms"], r["p99_ms"], f"{ratio:.1f}", errors(r)]]
         self.emit(
@@ -203,6 +234,7 @@ class Bench(Stress):
             for c in CONCURRENCY:
                 r = self.closed(naive, f"/predict/{TASK}", self.single, c)
                 ours = self.service_rows[(1, c)]
+                self.results[f"naive_{c}"] = r
                 rows.append([c, *load_cells(r, 1), f"{ours['rps'] / r['rps']:.2f}"])
         finally:
             naive.stop()

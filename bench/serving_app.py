@@ -56,7 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
+    if args.workers > 1:  # each worker process builds its own app (and batcher), as `flame serve --workers`
+        target = "bench.serving_app:build_app"
+        opts = {"factory": True, "workers": args.workers}
+        uvicorn.run(target, host=args.host, port=args.port, log_level="warning", **opts, **UVICORN_OPTIONS)
+        return
     uvicorn.run(build_app(), host=args.host, port=args.port, log_level="warning", **UVICORN_OPTIONS)
 
 

@@ -31,12 +31,20 @@ def _cpu_s(pid: int) -> float:
 class Server:
     """One server subprocess on a free port; `load()` runs bench/loadgen.py against it."""
 
-    def __init__(self, name: str, script: str, env: dict[str, str], workdir: Path, token: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        script: str,
+        env: dict[str, str],
+        workdir: Path,
+        token: str,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.name, self.port, self.workdir, self.token = name, _free_port(), workdir, token
         self.log = workdir / f"{name}.log"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, script, "--port", str(self.port)],
+                [sys.executable, script, "--port", str(self.port), *args],
                 cwd=ROOT,
                 env=env,
                 stdout=out,

@@ -19,6 +19,7 @@ import torch
 from flame_core.collate import collate
 from flame_core.continual import ContinualFlame
 from flame_core.heads import predict_outputs
+from flame_core.invariance import fixed_lengths, make_batch_invariant, pad_rows
 from flame_core.validation import validate_sample
 
 TASK = "mortality"
@@ -146,35 +147,45 @@ def ceiling(
     cl: ContinualFlame, samples: list[dict], batch: int, seconds: float, device: str
 ) -> dict[str, Any]:
     """Raw forward of the task's cursor model on a pre-collated batch, and the same with
-    validation + collation + output shaping (what `service.inference.service.predict` does first)."""
+    validation + collation + output shaping (what the service does per request), both as served
+    (batch-invariant: fixed lengths, whole row tiles) and, for the invariance cost, with natural
+    padding (each batch padded to its longest sample)."""
     dev = torch.device(device)
     specs, tokenizer = cl.specs, cl.config.tokenizer()
-    model = cl.cursor_model(cl.cursor[TASK]).eval().to(dev)
     spec = specs.tasks[TASK]
     rows = (samples * (batch // len(samples) + 1))[:batch]
-    pre = collate([validate_sample(s, specs, [TASK]) for s in rows], specs, tasks=[TASK], tokenizer=tokenizer)
-    pre = pre.to(dev)
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    def raw() -> None:
-        with torch.inference_mode():
-            model(pre, [TASK])
-        sync()
-
-    def full() -> None:
-        valid = [validate_sample(s, specs, [TASK], index=i) for i, s in enumerate(rows)]
-        b = collate(valid, specs, tasks=[TASK], tokenizer=tokenizer)
-        with torch.inference_mode():
-            out = model(b.to(dev), [TASK])
-            predict_outputs(spec.head, out.outputs[TASK]).cpu()
-        sync()
-
     out: dict[str, Any] = {"batch": batch}
-    for name, fn in (("raw", raw), ("full", full)):
-        times = _timed(fn, seconds)
-        med = statistics.median(times)
-        out[name] = {"median_ms": med * 1000, "samples_s": batch / med, "reps": len(times)}
+    for invariant in (False, True):  # natural first: make_batch_invariant changes shared modules
+        model = cl.cursor_model(cl.cursor[TASK]).eval().to(dev)
+        lengths = fixed_lengths(specs, cl.config) if invariant else None
+        if invariant:
+            make_batch_invariant(model)
+
+        def prepare(valid: list[dict], lengths: dict[str, int] | None = lengths, invariant: bool = invariant):  # type: ignore[no-untyped-def]
+            b = collate(valid, specs, tasks=[TASK], tokenizer=tokenizer, lengths=lengths)
+            return pad_rows(b) if invariant else b
+
+        pre = prepare([validate_sample(s, specs, [TASK]) for s in rows]).to(dev)
+
+        def sync() -> None:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        def raw(model=model, pre=pre) -> None:  # type: ignore[no-untyped-def]
+            with torch.inference_mode():
+                model(pre, [TASK])
+            sync()
+
+        def full(model=model, prepare=prepare) -> None:  # type: ignore[no-untyped-def]
+            b = prepare([validate_sample(s, specs, [TASK], index=i) for i, s in enumerate(rows)])
+            with torch.inference_mode():
+                res = model(b.to(dev), [TASK])
+                predict_outputs(spec.head, res.outputs[TASK]).cpu()
+            sync()
+
+        for name, fn in (("raw", raw), ("full", full)):
+            times = _timed(fn, seconds)
+            med = statistics.median(times)
+            key = name if invariant else f"{name}_natural"
+            out[key] = {"median_ms": med * 1000, "samples_s": batch / med, "reps": len(times)}
     return out

@@ -25,6 +25,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,14 +45,18 @@ from service.observability import (
 log = logging.getLogger("flame.batcher")
 STAT, ROUTINE = 0, 1
 PRIORITY_NAMES = ("stat", "routine")
-Routes = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # modality -> experts, weights, present
+Routes = dict[str, tuple[list[list[int]], list[list[float]], list[bool]]]  # experts, weights, present
 
 
 @dataclass
 class Rows:
-    """A job's share of a forward pass, on the CPU: head outputs and last-block routing per row."""
+    """A job's share of a forward pass as plain Python values (so answering it takes no torch call,
+    and no wait for the GIL, on the event loop): per row the head output (a float, or a list for
+    multiclass/multilabel), whether it and its gate weights are all finite, and per modality the
+    last block's experts, gate weights and presence."""
 
-    values: torch.Tensor
+    values: list[Any]
+    finite: list[bool]
     routing: Routes
     batch_size: int  # instances in the forward pass it rode in
 
@@ -213,13 +218,19 @@ class Batcher:
         batch = concat_batches([j.batch for j in jobs])
         out = loaded.forward(batch, task)
         values = predict_outputs(loaded.specs.tasks[task].head, out.outputs[task]).cpu()  # the one sync
-        routing = {m: (r.experts.cpu(), r.weights.cpu(), r.present.cpu()) for m, r in out.routing.items()}
+        finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+        routing: Routes = {}
+        for m, r in out.routing.items():
+            weights = r.weights.cpu()
+            finite &= torch.isfinite(weights).all(dim=1)
+            routing[m] = (r.experts.cpu().tolist(), weights.tolist(), r.present.cpu().tolist())
+        rows, ok = values.tolist(), finite.tolist()
         PREDICT_DURATION.labels(task=task, stage="forward").observe(time.perf_counter() - t0)
         PREDICT_BATCH_SIZE.observe(batch.size)
         self.batches += 1
         start = 0
         for job in jobs:
             end = start + job.size
-            rows = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
-            job.future.set_result(Rows(values[start:end], rows, batch.size))
+            part = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
+            job.future.set_result(Rows(rows[start:end], ok[start:end], part, batch.size))
             start = end

@@ -34,6 +34,7 @@ from service.observability import set_model_version
 from service.registry.errors import AliasNotFound
 from service.registry.lineage import lineage_ids
 from service.registry.versions import resolve_alias
+from service.runtime import freeze_heap
 from service.versioning import load_version
 
 log = logging.getLogger("flame.host")
@@ -189,6 +190,7 @@ class ModelHost:
                 return False
             self._current = loaded  # the atomic swap
             self.last_error = None
+            freeze_heap()  # the new model's objects leave the garbage collector's hot path
             set_model_version(loaded.id, held.id if held is not None else None)
             log.info("model version loaded", extra={"version": loaded.id})
             return True

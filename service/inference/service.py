@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from flame_core.batch import Batch
 from flame_core.ranges import outside_ranges
 from flame_core.specs import HeadSpec
@@ -76,8 +74,8 @@ def validate_instances(loaded: LoadedVersion, task: str, items: list[Any], batch
     return out
 
 
-def head_output(head: HeadSpec, value: torch.Tensor) -> dict[str, Any]:
-    """The caller-facing output of one instance from `predict_outputs`' row."""
+def head_output(head: HeadSpec, value: Any) -> dict[str, Any]:
+    """The caller-facing output of one instance from its row of `predict_outputs` (as Python)."""
     if head.type == "binary":
         p = float(value)
         label = int(p >= 0.5)
@@ -99,15 +97,12 @@ def head_output(head: HeadSpec, value: torch.Tensor) -> dict[str, Any]:
     return {"type": "regression", "value": float(value)}
 
 
-def check_finite(task: str, values: torch.Tensor, routing: dict[str, Any], batched: bool) -> None:
+def check_finite(task: str, finite: list[bool], batched: bool) -> None:
     """Raise PredictionNotFinite (422, counted) if any instance's output or gate weight is not a
-    finite number: a NaN must never reach a client as a probability or a label."""
-    ok = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)  # (B,)
-    for _, weights, _ in routing.values():
-        ok &= torch.isfinite(weights.reshape(weights.shape[0], -1)).all(dim=1)
-    if bool(ok.all()):
+    finite number (`Rows.finite`): a NaN must never reach a client as a probability or a label."""
+    if all(finite):
         return
-    bad = (~ok).nonzero().flatten().tolist()
+    bad = [i for i, ok in enumerate(finite) if not ok]
     NONFINITE_PREDICTIONS.labels(task=task).inc(len(bad))
     where = f"instances[{bad[0]}]" if batched else "modalities"
     raise PredictionNotFinite(
@@ -145,16 +140,16 @@ def finish(prepared: Prepared, rows: Rows) -> PredictResult:
     loaded, task, samples = prepared.loaded, prepared.task, prepared.samples
     spec = loaded.specs.tasks[task]
     values, routing = rows.values, rows.routing
-    check_finite(task, values, routing, prepared.batched)
+    check_finite(task, rows.finite, prepared.batched)
     ranges = loaded.model.training_ranges.get(task, {})
 
     predictions, present, missing = [], set(), set()
     for i, sample in enumerate(samples):
-        used = [m for m in spec.modalities if m in routing and bool(routing[m][2][i])]
+        used = [m for m in spec.modalities if m in routing and routing[m][2][i]]
         absent = [m for m in spec.modalities if m not in used]
         routes = {}
         for m in used:
-            experts, weights = routing[m][0][i].tolist(), routing[m][1][i].tolist()
+            experts, weights = routing[m][0][i], routing[m][1][i]
             routes[m] = {"experts": experts, "weights": [round(w, 6) for w in weights]}
             for e in experts:
                 EXPERT_SELECTIONS.labels(modality=m, expert=str(e)).inc()

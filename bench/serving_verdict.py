@@ -1,0 +1,101 @@
+"""The serving benchmark's last sections: the service on two worker processes, and the issue's
+criteria checked against the numbers measured in this run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.serving_report import LOAD_HEADERS, load_cells, table
+from bench.serving_server import Server
+from bench.serving_setup import TASK
+from bench.serving_stress import INSTANCES
+
+
+class Verdict:
+    p: dict[str, Any]
+    reg: Any
+    single: Any
+    batch: Any
+    workdir: Any
+    results: dict[str, Any]
+    service_rows: dict[tuple[int, int], dict[str, Any]]
+    http_rows: dict[tuple[str, int], dict[str, Any]]
+    forward_ceiling: dict[int, float]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def closed(self, server: Server, path: str, bodies: Any, c: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def emit(self, title: str, text: str) -> None:
+        raise NotImplementedError
+
+    def two_workers(self) -> None:
+        """`flame serve --workers 2`: one process (and one batcher) per core."""
+        env = self.env(PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"))
+        (self.workdir / "metrics").mkdir(exist_ok=True)
+        server = Server(
+            "two", "bench/serving_app.py", env, self.workdir, self.reg.predict_token, ("--workers", "2")
+        )
+        rows = []
+        try:
+            for bodies, n, c in ((self.single, 1, 32), (self.single, 1, 64), (self.batch, INSTANCES, 8)):
+                r = self.closed(server, f"/predict/{TASK}", bodies, c)
+                self.results[f"two_{n}_{c}"] = r
+                rows.append([n, c, *load_cells(r, n)])
+        finally:
+            server.stop()
+        self.emit(
+            "g. The service on two worker processes (`--workers 2`, one batcher each)",
+            "Python holds one core per process (the GIL): (c) is one process. Here the host's 2 cores "
+            "each run one.\n\n" + table(["instances/request", "concurrency", *LOAD_HEADERS], rows),
+        )
+
+    def verdict(self) -> None:
+        single = self.service_rows[(1, 32)]["rps"]
+        http = self.http_rows[("empty", 32)]["rps"]
+        forward = self.forward_ceiling[32]
+        lower, which = (
+            (http, "HTTP (empty route, c=32)") if http < forward else (forward, "forward (batch 32)")
+        )
+        naive = self.results["naive_32"]["rps"]
+        batched = max(self.service_rows[(INSTANCES, c)]["rps"] * INSTANCES for c in (1, 8, 32, 64))
+        half = self.results["half_peak"]
+        soak, over = self.results["soak"], self.results["overload"]
+        two = self.results["two_1_32"]["rps"]
+        checks = [
+            (
+                "single-instance req/s at c=32 >= 0.8 x the lower ceiling",
+                f"{single:,.0f} vs 0.8 x {lower:,.0f} ({which}) = {0.8 * lower:,.0f}; "
+                f"ratio {single / lower:.2f}; two workers: {two:,.0f} ({two / lower:.2f})",
+                single >= 0.8 * lower,
+            ),
+            (
+                "... and >= 3 x the naive endpoint (c=32)",
+                f"{single:,.0f} vs 3 x {naive:,.0f}",
+                single >= 3 * naive,
+            ),
+            (
+                "32-instance requests: samples/s >= 0.8 x the raw forward (batch 32)",
+                f"{batched:,.0f} vs 0.8 x {forward:,.0f}; ratio {batched / forward:.2f}",
+                batched >= 0.8 * forward,
+            ),
+            (
+                "p99 <= 2 x p50 at half of peak throughput",
+                f"p50 {half['p50_ms']:.1f} ms, p99 {half['p99_ms']:.1f} ms",
+                half["p99_ms"] <= 2 * half["p50_ms"],
+            ),
+            (
+                f"{self.p['soak']:,} requests at c=64 with 0 errors",
+                f"{soak['statuses'].get('200', 0):,} answered 200",
+                soak["statuses"].get("200", 0) == self.p["soak"],
+            ),
+            (
+                "overload answered with 429, not timeouts",
+                f"{over['all_statuses'].get('429', 0):,} x 429, {over['timeouts']} timeouts",
+                over["all_statuses"].get("429", 0) > 0 and over["timeouts"] == 0,
+            ),
+        ]
+        rows = [[name, measured, "yes" if ok else "**no**"] for name, measured, ok in checks]
+        self.emit("h. The issue's criteria, from this run", table(["criterion", "measured", "met"], rows))
