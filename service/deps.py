@@ -80,7 +80,7 @@ OptionalHostDep = Annotated[ModelHost | None, Depends(get_optional_host)]
 BEARER = HTTPBearer(
     scheme_name="bearer",
     description="An API key, `flm_<prefix>_<secret>`, with the scope the route needs: "
-    "`predict`, `train` or `admin` (admin grants every scope).",
+    "`predict`, `stat`, `train` or `admin` (admin grants every scope).",
     auto_error=False,
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]

@@ -23,7 +23,7 @@ def _when(value) -> str:  # type: ignore[no-untyped-def]
 @app.command("create")
 def create(
     name: Annotated[str, typer.Option(help="who or what uses the key")],
-    scope: Annotated[list[str], typer.Option(help="predict, train or admin; repeat for several")],
+    scope: Annotated[list[str], typer.Option(help="predict, stat, train or admin; repeat for several")],
     expires_in: Annotated[
         str | None, typer.Option(help="lifetime, e.g. 30d, 12h, 2w (units s, m, h, d, w); default: never")
     ] = None,
