@@ -8,7 +8,7 @@ SERVICE_MODULES = ("fastapi", "starlette", "sqlalchemy", "celery", "redis")
 CODE = f"""
 import sys
 import flame_core, flame_core.config, flame_core.encoders, flame_core.routing, flame_core.experts
-import flame_core.heads, flame_core.losses, flame_core.model
+import flame_core.heads, flame_core.losses, flame_core.model, flame_core.calibration, flame_core.shift
 loaded = [m for m in {SERVICE_MODULES!r} if m in sys.modules]
 assert not loaded, f"flame_core pulled in service modules: {{loaded}}"
 print("ok")
