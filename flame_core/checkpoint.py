@@ -107,6 +107,8 @@ def continual_manifest(cl: ContinualFlame) -> dict[str, Any]:
         "birth": cl.birth,
         "cursor": cl.cursor,
         "training_ranges": cl.training_ranges,
+        "calibration": cl.calibration,
+        "shift": cl.shift,
     }
 
 
@@ -134,6 +136,8 @@ def build_continual(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> C
     cl.birth = {k: int(v) for k, v in meta["birth"].items()}
     cl.cursor = {k: int(v) for k, v in meta["cursor"].items()}
     cl.training_ranges = meta.get("training_ranges", {})  # absent in manifests written before ranges
+    cl.calibration = meta.get("calibration", {})  # absent before calibration and shift statistics
+    cl.shift = meta.get("shift", {})
     cl.stages = []
     for s in stages:
         i = s["index"]

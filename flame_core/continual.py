@@ -58,6 +58,10 @@ class ContinualFlame(nn.Module):
         self.birth: dict[str, int] = {n: 0 for n, _ in model.named_parameters()}
         self.stages: list[Stage] = [Stage(0, list(model.specs.tasks), list(model.specs.modalities), [])]
         self.training_ranges: dict[str, dict] = {}  # task -> its inputs' ranges (`flame_core.ranges`)
+        # task -> temperature and conformal quantiles (`flame_core.calibration`), and the statistics of
+        # its routers' pooled summaries (`flame_core.shift`); fixed when the task's stage ends
+        self.calibration: dict[str, dict] = {}
+        self.shift: dict[str, dict] = {}
         self.live_deltas = nn.ParameterDict()
         self.live_routers = nn.ParameterDict()
         self._live: Stage | None = None

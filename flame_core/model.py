@@ -25,11 +25,12 @@ from flame_core.specs import SpecSet
 
 class Routing(NamedTuple):
     """Per-modality explanation: experts (B, k) long, weights (B, k) (rows sum to 1 where present,
-    0 where absent), present (B,) bool."""
+    0 where absent), present (B,) bool, and the router's pooled summary (B, d) (zeros where absent)."""
 
     experts: torch.Tensor
     weights: torch.Tensor
     present: torch.Tensor
+    summary: torch.Tensor | None = None
 
 
 class FlameOutput(NamedTuple):
@@ -203,7 +204,7 @@ class Flame(nn.Module):
         for m, x in xs.items():
             summaries[m] = masked_mean(x, masks[m])  # (B, d)
             last = per_block[-1][m]
-            routing[m] = Routing(last.experts, last.weights, present[m])
+            routing[m] = Routing(last.experts, last.weights, present[m], last.summary)
         routing = {m: routing[m] for m in needed}
         outputs = {t.name: self.heads[t.name](summaries, present) for t in task_specs}
         if not self.training:  # inference: the aux losses only train the routers (~9% of a forward)

@@ -20,13 +20,15 @@ NOISE_EPS = 0.01
 class RouterOutput(NamedTuple):
     """gates: (B, E) dense, exactly k non-zeros per present sample summing to 1, zero rows when absent.
     experts/weights: (B, k) chosen experts and their gates. load: (B, E) probability (smooth, with noise)
-    or indicator (hard) that each expert is selected, zero rows when absent. present: (B,) bool."""
+    or indicator (hard) that each expert is selected, zero rows when absent. present: (B,) bool.
+    summary: the attention-pooled summary the gate read (the distribution-shift statistics use it)."""
 
     gates: torch.Tensor
     experts: torch.Tensor
     weights: torch.Tensor
     load: torch.Tensor
     present: torch.Tensor
+    summary: torch.Tensor | None = None  # (B, d): the pooled summary the gate read
 
 
 class AttentionPool(nn.Module):
@@ -92,7 +94,7 @@ class Router(nn.Module):
         weights = weights * keep
         gates = torch.zeros_like(clean).scatter(1, experts, weights)  # (B, E)
         load = self._load(clean, noisy, std, top_vals, experts) * keep
-        return RouterOutput(gates, experts, weights, load, present)
+        return RouterOutput(gates, experts, weights, load, present, z)
 
     def _load(
         self,

@@ -16,6 +16,7 @@ from flame_core.continual import ContinualFlame
 from flame_core.ranges import record_training_ranges
 from flame_core.specs import SpecSet
 from flame_core.strategies.base import Strategy
+from flame_core.task_stats import record_task_statistics
 from flame_core.training import TrainConfig, TrainResult, seed_everything, train
 
 Scores = dict[str, float]
@@ -90,6 +91,7 @@ def fit_stage(
         )
     phase("ending")
     info = strategy.end_stage(batch, tasks)
-    if isinstance(module, ContinualFlame):  # its tasks' input ranges are fixed with their weights
+    if isinstance(module, ContinualFlame):  # its tasks' statistics are fixed with their weights
         record_training_ranges(module.training_ranges, train_samples, all_specs, tasks)
+        record_task_statistics(module, train_samples, val_samples, tasks)
     return StageFit(trained, info, before, at_truncation)

@@ -27,6 +27,7 @@ from flame_core.model import Flame, build_flame
 from flame_core.naming import kind_of, parse_stage_tensor_key, stage_tensor_key
 from flame_core.ranges import check_training_ranges
 from flame_core.specs import SpecError, SpecSet
+from flame_core.task_stats import check_task_statistics
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
@@ -232,15 +233,22 @@ def load_verified(directory: str | Path) -> tuple[ContinualFlame, dict[str, Any]
         _continual_meta(meta, skeleton)
         expected = {**_state_shapes(skeleton, "model."), **_stage_shapes(meta, skeleton, found)}
         ranges, where = meta.get("training_ranges") or {}, "training_ranges"
+        stats, stats_where = meta, ""
     else:
         skeleton = _skeleton(config, [_specs(meta.get("specs"), "specs")])
         expected = _state_shapes(skeleton)
         ranges, where = extra.get("training_ranges") or {}, "extra.training_ranges"
+        stats, stats_where = extra, "extra."
     _compare(expected, found)
     try:
         check_training_ranges(ranges, skeleton.specs)
     except ValueError as e:
         raise CheckpointInvalid(str(e), file=CONFIG, field=where) from None
+    calibration, shift = stats.get("calibration") or {}, stats.get("shift") or {}
+    try:
+        check_task_statistics(calibration, shift, skeleton.specs, stats_where)
+    except ValueError as e:
+        raise CheckpointInvalid(str(e), file=CONFIG, field=f"{stats_where}calibration/shift") from None
     # read, not memory-mapped: a file truncated under a mapping would crash the process (SIGBUS)
     tensors = load_safetensors((src / WEIGHTS).read_bytes())
     _finite(tensors)
@@ -251,6 +259,7 @@ def load_verified(directory: str | Path) -> tuple[ContinualFlame, dict[str, Any]
         model.load_state_dict(tensors, strict=True)
         cl = ContinualFlame(model.eval())
     cl.training_ranges = ranges
+    cl.calibration, cl.shift = calibration, shift
     return cl.eval(), extra
 
 

@@ -99,6 +99,14 @@ PROMOTIONS = Counter(
 )
 for _outcome in ("promoted", "rejected"):
     PROMOTIONS.labels(_outcome)  # both series exist from the start, at zero
+# What a clinician reads beside each prediction (service/inference/service.py `judge`).
+PREDICTIONS = Counter("flame_predictions", "Instances predicted, per task.", ["task"])
+SHIFTED = Counter(
+    "flame_prediction_shift",
+    "Predictions whose inputs are outside the task's training distribution (shift score above the "
+    "threshold); divide by flame_predictions_total for the share flagged.",
+    ["task"],
+)
 # The micro-batcher (service/inference/batcher.py).
 PREDICT_REJECTED = Counter(
     "flame_predict_rejected",

@@ -54,6 +54,7 @@ def continual_command(
     from flame_core.specs import SpecError, SpecSet
     from flame_core.strategies import build_strategy
     from flame_core.stream import parse_stream, run_stream
+    from flame_core.task_stats import record_task_statistics
     from flame_core.training import TrainConfig
     from service.runtime import apply_training_threads
 
@@ -123,6 +124,7 @@ def continual_command(
         cl = strat.module
         pretrained = [t for t in cl.cursor if t not in cl.training_ranges]  # later stages recorded theirs
         record_training_ranges(cl.training_ranges, bench.splits["train"], cl.specs, pretrained)
+        record_task_statistics(cl, bench.splits["train"], bench.splits["val"], list(cl.cursor))
         save_continual(out / "model", cl, extra={"summary": summary})
     rows = [
         [f"after stage {i}"] + [m.get(t, float("nan")) for t in tasks] + [p]

@@ -41,6 +41,7 @@ def build_demo_model(
     from flame_core.continual import ContinualFlame
     from flame_core.model import build_flame
     from flame_core.ranges import record_training_ranges
+    from flame_core.task_stats import record_task_statistics
     from flame_core.training import TrainConfig, fit, seed_everything
 
     data = load_benchmark("synthetic-icu", n=n, seed=seed)
@@ -64,6 +65,7 @@ def build_demo_model(
         metrics = result.val_metrics
     cl = ContinualFlame(model.cpu().eval())
     record_training_ranges(cl.training_ranges, data.splits["train"], specs, list(specs.tasks))
+    record_task_statistics(cl, data.splits["train"], data.splits["val"], list(specs.tasks))
     return cl, metrics
 
 

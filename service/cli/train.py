@@ -72,8 +72,10 @@ def train_command(
     """Train multitask FLAME; print per-task metrics and write DIR/metrics.json and a checkpoint."""
     from flame_core.checkpoint import save_checkpoint
     from flame_core.config import FlameConfig
+    from flame_core.continual import ContinualFlame
     from flame_core.ranges import record_training_ranges
     from flame_core.specs import SpecError, SpecSet
+    from flame_core.task_stats import record_task_statistics
     from flame_core.training import TrainConfig, evaluate, fit, labelled_tasks
     from service.runtime import apply_training_threads
 
@@ -136,7 +138,15 @@ def train_command(
     # the observed range of each input feature, per task: a served model names values outside them
     ranges: dict[str, dict] = {}
     record_training_ranges(ranges, train_s, sub, chosen)
-    save_checkpoint(out, model, sub, extra={"train": report, "training_ranges": ranges})
+    stats = ContinualFlame(model.cpu().eval())  # calibration on validation, summaries on training data
+    record_task_statistics(stats, train_s, val_s, chosen)
+    extra = {
+        "train": report,
+        "training_ranges": ranges,
+        "calibration": stats.calibration,
+        "shift": stats.shift,
+    }
+    save_checkpoint(out, model, sub, extra=extra)
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     typer.echo(f"\nwrote checkpoint and metrics.json to {out}")
 

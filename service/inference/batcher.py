@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from flame_core.batch import Batch
+from flame_core.calibration import calibrated
 from flame_core.heads import predict_outputs
 from flame_core.invariance import concat_batches
 from service.errors import DeadlineExceeded, Overloaded, ServiceUnavailable
@@ -59,6 +60,8 @@ class Rows:
     finite: list[bool]
     routing: Routes
     batch_size: int  # instances in the forward pass it rode in
+    calibrated: list[Any] | None = None  # the calibrated head outputs, when the task has calibration
+    summaries: dict[str, list[list[float]]] = field(default_factory=dict)  # for the shift score
 
 
 @dataclass(eq=False)
@@ -217,8 +220,17 @@ class Batcher:
         t0 = time.perf_counter()
         batch = concat_batches([j.batch for j in jobs])
         out = loaded.forward(batch, task)
-        values = predict_outputs(loaded.specs.tasks[task].head, out.outputs[task]).cpu()  # the one sync
+        head, logits = loaded.specs.tasks[task].head, out.outputs[task]
+        values = predict_outputs(head, logits).cpu()  # the one sync
         finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+        calib, shift = loaded.model.calibration.get(task), loaded.model.shift.get(task)
+        cal = calibrated(head, logits, calib).cpu().tolist() if calib else None
+        fitted = shift["modalities"] if shift else {}
+        summaries = {
+            m: r.summary.cpu().tolist()
+            for m, r in out.routing.items()
+            if m in fitted and r.summary is not None
+        }
         routing: Routes = {}
         for m, r in out.routing.items():
             weights = r.weights.cpu()
@@ -232,5 +244,7 @@ class Batcher:
         for job in jobs:
             end = start + job.size
             part = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
-            job.future.set_result(Rows(rows[start:end], ok[start:end], part, batch.size))
+            mine = None if cal is None else cal[start:end]
+            sums = {m: v[start:end] for m, v in summaries.items()}
+            job.future.set_result(Rows(rows[start:end], ok[start:end], part, batch.size, mine, sums))
             start = end

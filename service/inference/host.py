@@ -90,7 +90,12 @@ class LoadedVersion:
             out = model(batch.to(self.device), [task])
         if out.outputs[task].shape[0] == n:
             return out
-        routing = {m: Routing(r.experts[:n], r.weights[:n], r.present[:n]) for m, r in out.routing.items()}
+        routing = {
+            m: Routing(
+                r.experts[:n], r.weights[:n], r.present[:n], None if r.summary is None else r.summary[:n]
+            )
+            for m, r in out.routing.items()
+        }
         return out._replace(outputs={t: v[:n] for t, v in out.outputs.items()}, routing=routing)
 
 

@@ -144,9 +144,39 @@ class OutOfTrainingRange(BaseModel):
     )
 
 
+class Calibrated(_Out):
+    """The calibrated output and its split-conformal prediction set (docs/design.md: calibration)."""
+
+    output: Output = Field(description="the output after the task's temperature scaling")
+    coverage: float = Field(description="the set's target coverage, e.g. 0.9")
+    set: list[str] | None = Field(
+        description="binary and multiclass: the labels (class names, else indices) the set keeps"
+    )
+    labels: dict[str, Literal["yes", "no", "uncertain"]] | None = Field(
+        description="multilabel: each label's decision at the coverage"
+    )
+    interval: list[float] | None = Field(description="regression: [low, high] at the coverage")
+
+
+class Shift(_Out):
+    """How far this patient's inputs are from the task's training data (routers' pooled summaries)."""
+
+    score: float = Field(description="mean squared Mahalanobis distance per dimension over modalities")
+    threshold: float = Field(description="the score at the task's training quantile (e.g. 0.99)")
+    in_distribution: bool = Field(description="score <= threshold")
+
+
 class Prediction(_Out):
     id: str | None = Field(description="the sample's id, or null if it had none")
     output: Output
+    calibrated: Calibrated | None = Field(
+        description="null when the task was registered without calibration (no validation data)"
+    )
+    abstain: bool | None = Field(
+        description="true when the conformal set is not a single label (any multilabel label "
+        "uncertain); the model should not decide alone. null without calibration"
+    )
+    shift: Shift | None = Field(description="null when the task has no training statistics")
     modalities: ModalityUse
     routing: dict[str, Route] = Field(description="per used modality: top-k experts and gate weights")
     out_of_training_range: list[OutOfTrainingRange] = Field(

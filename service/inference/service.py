@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flame_core.batch import Batch
+from flame_core.calibration import prediction_set
 from flame_core.ranges import outside_ranges
+from flame_core.shift import shift_score
 from flame_core.specs import HeadSpec
 from flame_core.validation import SampleInvalid, validate_sample
 from service.errors import PayloadInvalid, PredictionNotFinite
@@ -23,6 +25,8 @@ from service.observability import (
     MODALITY_PRESENCE,
     NONFINITE_PREDICTIONS,
     PREDICT_DURATION,
+    PREDICTIONS,
+    SHIFTED,
 )
 from service.registry.errors import TaskNotFound
 
@@ -112,6 +116,39 @@ def check_finite(task: str, finite: list[bool], batched: bool) -> None:
     )
 
 
+def _names(head: HeadSpec, indices: list[int]) -> list[str]:
+    return [head.labels[j] if head.labels else str(j) for j in indices]
+
+
+def judge(head: HeadSpec, calib: dict | None, shift: dict | None, rows: Rows, i: int) -> dict[str, Any]:
+    """Instance `i`'s calibrated output with its conformal set, abstention and shift flag (each None
+    when the task has no such statistics). Pure Python: it runs on the event loop."""
+    out: dict[str, Any] = {"calibrated": None, "abstain": None, "shift": None}
+    if calib is not None and rows.calibrated is not None:
+        value = rows.calibrated[i]
+        decided = prediction_set(head, value, calib)
+        block: dict[str, Any] = {
+            "output": head_output(head, value),
+            "coverage": calib["coverage"],
+            "set": None,
+            "labels": None,
+            "interval": decided.get("interval"),
+        }
+        if "set" in decided:
+            block["set"] = _names(head, decided["set"])
+        if "labels" in decided:
+            block["labels"] = {_names(head, [int(j)])[0]: v for j, v in decided["labels"].items()}
+        out["calibrated"], out["abstain"] = block, decided["abstain"]
+    if shift is not None:
+        summaries = {m: v[i] for m, v in rows.summaries.items()}
+        present = {m: rows.routing[m][2][i] for m in summaries if m in rows.routing}
+        score = shift_score(shift, summaries, present)
+        if score is not None:
+            threshold = shift["threshold"]
+            out["shift"] = {"score": score, "threshold": threshold, "in_distribution": score <= threshold}
+    return out
+
+
 @dataclass
 class Prepared:
     """A request validated and collated: what the batcher needs, and what the answer needs."""
@@ -142,6 +179,8 @@ def finish(prepared: Prepared, rows: Rows) -> PredictResult:
     values, routing = rows.values, rows.routing
     check_finite(task, rows.finite, prepared.batched)
     ranges = loaded.model.training_ranges.get(task, {})
+    calib, shift = loaded.model.calibration.get(task), loaded.model.shift.get(task)
+    PREDICTIONS.labels(task=task).inc(len(samples))
 
     predictions, present, missing = [], set(), set()
     for i, sample in enumerate(samples):
@@ -159,10 +198,14 @@ def finish(prepared: Prepared, rows: Rows) -> PredictResult:
             MODALITY_PRESENCE.labels(task=task, modality=m, state="missing").inc()
         present.update(used)
         missing.update(absent)
+        judged = judge(spec.head, calib, shift, rows, i)
+        if judged["shift"] is not None and not judged["shift"]["in_distribution"]:
+            SHIFTED.labels(task=task).inc()
         predictions.append(
             {
                 "id": sample["id"],
                 "output": head_output(spec.head, values[i]),
+                **judged,
                 "modalities": {
                     "used": used,
                     "missing": absent,

@@ -22,6 +22,7 @@ from flame_core.benchmarks.synthetic_icu import generate
 from flame_core.config import FlameConfig
 from flame_core.continual import ContinualFlame
 from flame_core.model import build_flame
+from flame_core.task_stats import record_task_statistics
 from flame_core.training import TrainConfig, train
 from service.app import create_app
 from service.artifacts import LocalArtifactStore
@@ -79,10 +80,18 @@ def product(request, tmp_path_factory):
         labels_only(icu.splits["val"], "mortality"),
         TrainConfig(epochs=1, device="cpu", progress=False),
     )
+    cl = ContinualFlame(model.eval())
+    # calibration, conformal quantiles and shift statistics, as a stage or the bootstrap records them
+    record_task_statistics(
+        cl,
+        labels_only(icu.splits["train"], "mortality"),
+        labels_only(icu.splits["val"], "mortality"),
+        ["mortality"],
+    )
     register_model(
         session_factory=factory,
         store=LocalArtifactStore(settings.artifact_root),
-        cl=ContinualFlame(model.eval()),
+        cl=cl,
         canary_samples=labels_only(icu.splits["val"], "mortality"),  # recorded here, replayed by the worker
     )
     with session_scope(factory) as s:
@@ -120,6 +129,11 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     before = client.post("/predict/mortality", json={"instances": payloads}, headers=auth(keys["predict"]))
     assert before.status_code == 200, before.text
     assert before.json()["model_version"] == "v1"
+    for p in before.json()["predictions"]:  # what a clinician reads beside the score
+        assert p["calibrated"]["coverage"] == 0.9 and p["abstain"] == (len(p["calibrated"]["set"]) != 1)
+        assert p["shift"]["score"] >= 0 and p["shift"]["in_distribution"] == (
+            p["shift"]["score"] <= p["shift"]["threshold"]
+        )
 
     # A key without the train scope cannot start a stage.
     assert client.post("/tasks", json={}, headers=auth(keys["predict"])).status_code == 403
