@@ -47,6 +47,7 @@ from service.observability import (
     worker_exiting,
 )
 from service.openapi import install_openapi
+from service.registry.cards import router as cards_router
 from service.registry.router import router as registry_router
 from service.runtime import apply_torch_threads
 from service.settings import Settings, get_settings
@@ -109,6 +110,7 @@ def metrics() -> Response:
 
 # Routers every API process serves.
 ROUTERS: list[APIRouter] = [
+    cards_router,
     health_router,
     inference_router,
     datasets_router,

@@ -40,10 +40,14 @@ def load_version(
 
 
 def stage_records(
-    cl: ContinualFlame, stage_index: int, metrics: dict[str, dict] | None = None
+    cl: ContinualFlame,
+    stage_index: int,
+    metrics: dict[str, dict] | None = None,
+    cards: dict[str, dict] | None = None,
 ) -> tuple[list[ComponentRecord], list[TaskRecord], list[ModalityRecord]]:
     """Registry rows for one finished stage: its components (rank-r factors, full vectors; stage 0:
-    every base weight), its new tasks with their cursor and post-truncation metrics, new modalities."""
+    every base weight), its new tasks with their cursor, post-truncation metrics and model card (see
+    `flame_core.card`), and its new modalities."""
     stage = cl.stages[stage_index]
     components: list[ComponentRecord] = []
     if stage_index == 0:
@@ -56,7 +60,11 @@ def stage_records(
             size = d.numel if isinstance(d, LowRank) else d.numel()
             components.append(ComponentRecord(stage_index, n, size, rank))
     metrics = metrics or {}
-    tasks = [TaskRecord(t, cl.specs.tasks[t].to_dict(), stage_index, metrics.get(t, {})) for t in stage.tasks]
+    cards = cards or {}
+    tasks = [
+        TaskRecord(t, cl.specs.tasks[t].to_dict(), stage_index, metrics.get(t, {}), cards.get(t, {}))
+        for t in stage.tasks
+    ]
     mods = stage.modalities if stage_index == 0 else stage.new_modalities
     modalities = [
         ModalityRecord(m, cl.specs.modalities[m].kind, cl.specs.modalities[m].to_dict()) for m in mods

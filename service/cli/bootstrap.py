@@ -33,7 +33,14 @@ def bootstrap(
     Returns (version registered or None, admin token or None)."""
     from service.artifacts import LocalArtifactStore
     from service.auth.service import any_api_key, create_api_key
-    from service.cli.serve import DEMO_EPOCHS, DEMO_N, build_demo_model, demo_validation, register_model
+    from service.cli.serve import (
+        DEMO_EPOCHS,
+        DEMO_N,
+        build_demo_model,
+        demo_cards,
+        demo_validation,
+        register_model,
+    )
     from service.db import make_engine, make_session_factory, session_scope
     from service.registry.checkpoints import checkpoint_dir, register_checkpoint
     from service.registry.models import Alias
@@ -79,6 +86,7 @@ def bootstrap(
                 metrics=metrics,
                 note="demo model (synthetic-icu)",
                 canary_samples=demo_validation(n=n),
+                cards=demo_cards(cl, n=n),
             )
             registered = version.id
             typer.echo(f"registered demo model {version.id} and made it active")

@@ -76,6 +76,23 @@ def demo_validation(*, n: int = DEMO_N, seed: int = 0) -> list[dict]:
     return list(load_benchmark("synthetic-icu", n=n, seed=seed).splits["val"])
 
 
+def demo_cards(cl: ContinualFlame, *, n: int = DEMO_N, seed: int = 0) -> dict[str, dict]:
+    """The demo model's task cards: synthetic-icu's training split, scored on its test split."""
+    from flame_core.benchmarks import load_benchmark
+    from flame_core.card import task_card
+
+    data = load_benchmark("synthetic-icu", n=n, seed=seed)
+    source = {"generator": f"flame_core.benchmarks.synthetic_icu (n={n}, seed={seed})"}
+    return {
+        t: {
+            **task_card(cl, t, train=data.splits["train"], test=data.splits["test"]),
+            "evaluated_on": "test",
+            "sources": source,
+        }
+        for t in cl.cursor
+    }
+
+
 def register_model(
     *,
     session_factory,  # type: ignore[no-untyped-def]
@@ -85,6 +102,7 @@ def register_model(
     moved_by: str = "flame serve",
     note: str = "",
     canary_samples: Sequence[dict] | None = None,
+    cards: dict[str, dict] | None = None,
 ) -> ModelVersion:
     """Register `cl` (one stage) as a root version and move `active` to it. With `canary_samples`
     (validation data) every task stores its canaries for the promotion gate; without, none."""
@@ -93,7 +111,7 @@ def register_model(
     from service.registry.versions import register_version
     from service.versioning import stage_records, version_files
 
-    components, tasks, modalities = stage_records(cl, 0, metrics)
+    components, tasks, modalities = stage_records(cl, 0, metrics, cards)
     files = version_files(cl)
     if canary_samples is not None:
         tasks = with_canaries(load_as_host(store, files), store, tasks, canary_samples)

@@ -107,6 +107,7 @@ def register_stage_version(
     summary: dict[str, Any],
     parent: str,
     validation: list[dict],
+    cards: dict[str, dict] | None = None,
     options: StageOptions,
     session_factory: sessionmaker[Session],
     store: ArtifactStore,
@@ -114,7 +115,7 @@ def register_stage_version(
 ) -> str:
     """Gate, register and (if it passes and `activate`) promote the stage's version; its id. With
     `attempt`, the registering transaction first checks that attempt still holds the job."""
-    components, tasks, modalities = stage_records(cl, index, summary["tasks"])
+    components, tasks, modalities = stage_records(cl, index, summary["tasks"], cards)
     files = version_files(cl)
     loaded = canaries.load_as_host(store, files)
     tasks = canaries.with_canaries(loaded, store, tasks, validation)

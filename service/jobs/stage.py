@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from flame_core.card import task_card
 from flame_core.continual import ContinualFlame
 from flame_core.stage_fit import fit_stage
 from flame_core.strategies.flame import FlameStrategy
@@ -57,9 +58,9 @@ def _load_split(session_factory, store, dataset_id, specs, tasks, split):  # typ
 
 def _train_stage(
     lease: Lease, request: StageRequest, parent_id: str, *, session_factory, store, settings
-) -> tuple[ContinualFlame, int, dict[str, Any], list[dict]]:  # type: ignore[no-untyped-def]
-    """Train the stage on the parent; the model, its stage index, the job's metrics and the
-    validation samples (the new tasks' canaries are drawn from them)."""
+) -> tuple[ContinualFlame, int, dict[str, Any], list[dict], dict[str, dict]]:  # type: ignore[no-untyped-def]
+    """Train the stage on the parent; the model, its stage index, the job's metrics, the
+    validation samples (the new tasks' canaries are drawn from them) and the new tasks' cards."""
     with session_scope(session_factory) as session:
         parent = registry.get_version(session=session, version=parent_id)
     cl = load_version(store, parent)
@@ -111,6 +112,7 @@ def _train_stage(
     # Reported numbers are after truncation, one task per pass (as the service predicts).
     with torch.no_grad():
         metrics = {t: evaluate(cl, cl.specs, test_s, [t])[t] for t in tasks}
+    cards = _cards(cl, tasks, train_s, test_s, ds, "test" if ds.test else "validation", session_factory)
     ranks = stage.ranks
     summary = {
         "tasks": metrics,
@@ -120,7 +122,23 @@ def _train_stage(
         "stage_params": stage.stored_numel(),
         "evaluated_on": "test" if ds.test else "validation",
     }
-    return cl, len(cl.stages) - 1, plain(summary), val_s
+    return cl, len(cl.stages) - 1, plain(summary), val_s, cards
+
+
+def _cards(cl, tasks, train_s, test_s, ds, evaluated_on, session_factory) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    """Each new task's system-filled model card, with the datasets it came from (ids and digests)."""
+    sources = {}
+    with session_scope(session_factory, write=False) as session:
+        for split, dataset_id in (("train", ds.train), ("validation", ds.validation), ("test", ds.test)):
+            if dataset_id:
+                row = registry.get_dataset(session=session, dataset_id=dataset_id)
+                sources[split] = {"dataset_id": row.id, "digest": row.digest, "n_samples": row.n_samples}
+    return {
+        t: plain(
+            {**task_card(cl, t, train=train_s, test=test_s), "evaluated_on": evaluated_on, "sources": sources}
+        )
+        for t in tasks
+    }
 
 
 def run_stage(
@@ -179,7 +197,7 @@ def _run_locked(
                     msg = "no model version is active; a stage continues an existing model"
                     raise ValueError(msg) from None
                 registry.set_parent(session=session, job_id=job_id, version=parent_id)
-            cl, index, summary, validation = _train_stage(
+            cl, index, summary, validation, cards = _train_stage(
                 lease, request, parent_id, session_factory=session_factory, store=store, settings=settings
             )
             lease.report(phase="registering")
@@ -191,6 +209,7 @@ def _run_locked(
                 summary=summary,
                 parent=parent_id,
                 validation=validation,
+                cards=cards,
                 options=request.options,
                 session_factory=session_factory,
                 store=store,

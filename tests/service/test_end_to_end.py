@@ -139,7 +139,7 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     assert client.post("/tasks", json={}, headers=auth(keys["predict"])).status_code == 403
     assert client.post("/tasks", json={}).status_code == 401
 
-    ids = {}
+    ids, digests = {}, {}
     for split in ("train", "val"):
         body = "\n".join(json.dumps(s) for s in labels_only(icu.splits[split], "los"))
         r = client.post(
@@ -149,7 +149,7 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
             headers={**auth(keys["admin"]), "content-type": "application/x-ndjson"},
         )
         assert r.status_code == 201, r.text
-        ids[split] = r.json()["dataset_id"]
+        ids[split], digests[split] = r.json()["dataset_id"], r.json()["digest"]
     r = client.post(
         "/tasks",
         headers=auth(keys["admin"]),
@@ -175,6 +175,14 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     models = client.get("/models", headers=auth(keys["admin"])).json()
     assert any(m["version"] == "v2" and "active" in m["aliases"] for m in models)
 
+    # The new task's card, filled by the stage: its datasets' digests, test metrics, calibration.
+    card = client.get("/tasks/los/card", headers=auth(keys["predict"]))
+    assert card.status_code == 200, card.text
+    card = card.json()
+    assert card["sources"]["train"]["digest"] == digests["train"]
+    assert card["sources"]["validation"]["digest"] == digests["val"]
+    assert 0 <= card["metrics"]["auroc"] <= 1 and card["data"]["train"]["n"] > 0
+    assert card["calibration"]["target_coverage"] == 0.9 and card["version"] == "v2" and card["cursor"] == 1
     los = client.post("/predict/los", json={"instances": payloads}, headers=auth(keys["predict"]))
     assert los.status_code == 200, los.text
     assert los.json()["model_version"] == "v2" and los.json()["cursor"] == 1

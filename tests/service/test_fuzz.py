@@ -20,6 +20,8 @@ OPERATIONS = {
     "POST /tasks",
     "GET /tasks",
     "GET /tasks/{name}",
+    "PATCH /tasks/{name}",
+    "GET /tasks/{name}/card",
     "GET /jobs",
     "GET /jobs/{job_id}",
     "POST /jobs/{job_id}/cancel",

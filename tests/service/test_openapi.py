@@ -36,6 +36,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("post", "/tasks"): KEYED | {202, 404, 409, 413, 415, 422},
     ("get", "/tasks"): KEYED | {200, 404, 422},
     ("get", "/tasks/{name}"): KEYED | {200, 404, 422},
+    ("patch", "/tasks/{name}"): KEYED | {200, 404, 413, 415, 422},
+    ("get", "/tasks/{name}/card"): KEYED | {200, 404, 422},
     ("get", "/jobs"): KEYED | {200, 422},
     ("get", "/jobs/{job_id}"): KEYED | {200, 404, 422},
     ("post", "/jobs/{job_id}/cancel"): KEYED | {200, 404, 409, 422},
