@@ -18,6 +18,7 @@ from flame_core.collate import collate
 from flame_core.config import FlameConfig
 from flame_core.continual import ContinualFlame
 from flame_core.shift import shift_score
+from flame_core.specs import SpecSet
 from flame_core.task_stats import check_task_statistics, record_task_statistics
 from flame_core.training import TrainConfig, fit
 
@@ -76,6 +77,40 @@ def test_sets_cover_the_held_out_test_split_and_decide_abstention(icu, task) -> 
     assert abs(covered - 0.9) <= 0.03, covered
     assert all(d["abstain"] == (len(d["set"]) != 1) for d in decided)
     assert any(d["abstain"] for d in decided) and not all(d["abstain"] for d in decided)
+
+
+def _with_regression(samples: list[dict]) -> list[dict]:
+    """synthetic-icu with a regression task: the mean of a patient's observed labs, plus noise."""
+    rng = np.random.default_rng(0)
+    out = []
+    for s in samples:
+        labs = [v for v in (s["modalities"].get("labs") or {}).get("values", []) if v is not None]
+        target = float(np.mean(labs)) + float(rng.normal(0, 0.3)) if labs else None
+        out.append({**s, "labels": {**s["labels"], "labs_mean": target}})
+    return out
+
+
+def test_regression_intervals_cover_the_held_out_test_split() -> None:
+    data = load_benchmark("synthetic-icu", n=5000, seed=0)
+    d = data.specs.to_dict()
+    d["tasks"] = [{"name": "labs_mean", "modalities": ["labs", "vitals"], "head": {"type": "regression"}}]
+    specs = SpecSet.from_dict(d)
+    splits = {k: _with_regression(v) for k, v in data.splits.items()}
+    train_config = TrainConfig(epochs=3, seed=0, device="cpu", progress=False)
+    model, _ = fit(specs, splits["train"], splits["val"], model_config=CONFIG, train_config=train_config)
+    cl = ContinualFlame(model.cpu().eval())
+    record_task_statistics(cl, splits["train"], splits["val"], ["labs_mean"])
+    calib = cl.calibration["labs_mean"]
+    assert calib["score"] == "abs_residual" and calib["temperature"] == 1.0 and calib["ece_before"] is None
+    test = [s for s in splits["test"] if s["labels"]["labs_mean"] is not None]
+    got = served(cl, test, "labs_mean")
+    head = cl.specs.tasks["labs_mean"].head
+    decided = [prediction_set(head, v, calib) for v in got["values"]]
+    covered = np.mean(
+        [lo <= y <= hi for y, d in zip(got["labels"], decided, strict=True) for lo, hi in [d["interval"]]]
+    )
+    assert abs(covered - 0.9) <= 0.03, covered
+    assert not any(d["abstain"] for d in decided)
 
 
 def test_calibration_is_stored_with_its_ece_before_and_after(icu) -> None:  # type: ignore[no-untyped-def]
