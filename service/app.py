@@ -35,6 +35,7 @@ from service.inference.alias_watch import AliasListener, poll_alias
 from service.inference.audit_writer import AuditWriter
 from service.inference.batcher import Batcher
 from service.inference.host import ModelHost
+from service.inference.nearest import router as nearest_router
 from service.inference.router import router as inference_router
 from service.jobs.queue import LocalQueue, enqueue
 from service.jobs.reaper import Reaper
@@ -113,6 +114,7 @@ ROUTERS: list[APIRouter] = [
     cards_router,
     health_router,
     inference_router,
+    nearest_router,
     datasets_router,
     jobs_router,
     registry_router,

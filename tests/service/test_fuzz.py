@@ -15,6 +15,7 @@ OPERATIONS = {
     "GET /readyz",
     "GET /metrics",
     "POST /predict/{task}",
+    "POST /predict",
     "POST /datasets",
     "GET /datasets/{dataset_id}",
     "POST /tasks",

@@ -31,6 +31,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("get", "/readyz"): {200, 500, 503},
     ("get", "/metrics"): {200, 500},
     ("post", "/predict/{task}"): KEYED | {200, 404, 413, 415, 422, 429, 504},
+    ("post", "/predict"): KEYED | {200, 413, 415, 422},
     ("post", "/datasets"): KEYED | {201, 413, 422},
     ("get", "/datasets/{dataset_id}"): KEYED | {200, 404, 422},
     ("post", "/tasks"): KEYED | {202, 404, 409, 413, 415, 422},
