@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.artifacts import LocalArtifactStore
 from service.db import load_models, make_engine, make_session_factory
+from service.settings import Settings
 
 PG_URL = os.environ.get("FLAME_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Redis databases the tests own (brokers and result backends of the Celery tests); emptied when the
@@ -196,3 +197,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out
+
+
+def serving_registry(root: Path, cl: Any, **settings: Any) -> tuple[Settings, Engine, Any]:
+    """A SQLite registry under `root` with `cl` registered as v1 (active): the app's settings (CPU),
+    the engine (dispose it) and the session factory."""
+    from service.cli.serve import register_model
+
+    config = Settings(
+        database_url=f"sqlite:///{root / 'registry.db'}", artifact_root=root / "a", device="cpu", **settings
+    )
+    engine = make_engine(config.database_url)
+    load_models().create_all(engine)
+    factory = make_session_factory(engine)
+    register_model(session_factory=factory, store=LocalArtifactStore(config.artifact_root), cl=cl)
+    return config, engine, factory

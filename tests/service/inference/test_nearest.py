@@ -8,27 +8,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.artifacts import LocalArtifactStore
-from service.cli.serve import build_demo_model, demo_validation, register_model
-from service.db import load_models, make_engine, make_session_factory
-from service.settings import Settings
+from service.cli.serve import build_demo_model, demo_validation
+
+from ..conftest import serving_registry
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("nearest")
-    settings = Settings(
-        database_url=f"sqlite:///{root / 'registry.db'}",
-        artifact_root=root / "a",
-        device="cpu",
-        auth_enabled=False,
-    )
-    engine = make_engine(settings.database_url)
-    load_models().create_all(engine)
     cl, _ = build_demo_model(n=300, epochs=1)
-    register_model(
-        session_factory=make_session_factory(engine), store=LocalArtifactStore(settings.artifact_root), cl=cl
-    )
+    settings, engine, _ = serving_registry(tmp_path_factory.mktemp("nearest"), cl, auth_enabled=False)
     samples = [{"modalities": s["modalities"]} for s in demo_validation(n=300)]
     with TestClient(create_app(settings, reload_interval_s=3600)) as client:
         yield client, cl, samples
