@@ -106,6 +106,27 @@ def shift_score(
     return sum(scores) / len(scores) if scores else None
 
 
+def shift_scores(
+    stats: Mapping[str, Any], summaries: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]
+) -> list[float | None]:
+    """`shift_score` for a batch at once (the serving batcher's form): `summaries[m]` (B, d),
+    `present[m]` (B,) bool. Elementwise products and fixed-length reductions only (no matrix
+    product, whose kernel can depend on B), so a row's score does not depend on its batch; it may
+    differ from `shift_score` in the last bits (another summation order)."""
+    rows = len(next(iter(summaries.values()))) if summaries else 0
+    total, count = np.zeros(rows), np.zeros(rows)
+    for m, s in stats["modalities"].items():
+        if m not in summaries or m not in present:
+            continue
+        diff = np.asarray(summaries[m], dtype=np.float64) - np.asarray(s["mean"], dtype=np.float64)  # (B, d)
+        precision = np.asarray(s["precision"], dtype=np.float64)  # (d, d)
+        quad = (np.sum(diff[:, :, None] * precision[None], axis=1) * diff).sum(axis=1) / diff.shape[1]
+        keep = np.asarray(present[m], dtype=bool)
+        total += np.where(keep, quad, 0.0)
+        count += keep
+    return [float(t / c) if c else None for t, c in zip(total, count, strict=True)]
+
+
 def nearest_tasks(
     stats_by_task: Mapping[str, Mapping[str, Any]],
     summaries: Mapping[str, Sequence[float]],

@@ -33,6 +33,7 @@ from flame_core.batch import Batch
 from flame_core.calibration import calibrated
 from flame_core.heads import predict_outputs
 from flame_core.invariance import concat_batches
+from flame_core.shift import shift_scores
 from service.errors import DeadlineExceeded, Overloaded, ServiceUnavailable
 from service.inference.host import LoadedVersion
 from service.observability import (
@@ -61,7 +62,7 @@ class Rows:
     routing: Routes
     batch_size: int  # instances in the forward pass it rode in
     calibrated: list[Any] | None = None  # the calibrated head outputs, when the task has calibration
-    summaries: dict[str, list[list[float]]] = field(default_factory=dict)  # for the shift score
+    shift: list[float | None] | None = None  # shift scores, when the task has shift statistics
 
 
 @dataclass(eq=False)
@@ -225,12 +226,12 @@ class Batcher:
         finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
         calib, shift = loaded.model.calibration.get(task), loaded.model.shift.get(task)
         cal = calibrated(head, logits, calib).cpu().tolist() if calib else None
-        fitted = shift["modalities"] if shift else {}
-        summaries = {
-            m: r.summary.cpu().tolist()
-            for m, r in out.routing.items()
-            if m in fitted and r.summary is not None
-        }
+        scores: list[float | None] | None = None
+        if shift:
+            fitted = [m for m, r in out.routing.items() if m in shift["modalities"] and r.summary is not None]
+            summaries = {m: out.routing[m].summary.cpu().double().numpy() for m in fitted}  # type: ignore[union-attr]
+            present = {m: out.routing[m].present.cpu().numpy() for m in fitted}
+            scores = shift_scores(shift, summaries, present) if fitted else [None] * batch.size
         routing: Routes = {}
         for m, r in out.routing.items():
             weights = r.weights.cpu()
@@ -245,6 +246,6 @@ class Batcher:
             end = start + job.size
             part = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
             mine = None if cal is None else cal[start:end]
-            sums = {m: v[start:end] for m, v in summaries.items()}
-            job.future.set_result(Rows(rows[start:end], ok[start:end], part, batch.size, mine, sums))
+            flags = None if scores is None else scores[start:end]
+            job.future.set_result(Rows(rows[start:end], ok[start:end], part, batch.size, mine, flags))
             start = end

@@ -14,7 +14,6 @@ from typing import Any
 from flame_core.batch import Batch
 from flame_core.calibration import prediction_set
 from flame_core.ranges import outside_ranges
-from flame_core.shift import shift_score
 from flame_core.specs import HeadSpec
 from flame_core.validation import SampleInvalid, validate_sample
 from service.errors import PayloadInvalid, PredictionNotFinite
@@ -139,10 +138,8 @@ def judge(head: HeadSpec, calib: dict | None, shift: dict | None, rows: Rows, i:
         if "labels" in decided:
             block["labels"] = {_names(head, [int(j)])[0]: v for j, v in decided["labels"].items()}
         out["calibrated"], out["abstain"] = block, decided["abstain"]
-    if shift is not None:
-        summaries = {m: v[i] for m, v in rows.summaries.items()}
-        present = {m: rows.routing[m][2][i] for m in summaries if m in rows.routing}
-        score = shift_score(shift, summaries, present)
+    if shift is not None and rows.shift is not None:
+        score = rows.shift[i]
         if score is not None:
             threshold = shift["threshold"]
             out["shift"] = {"score": score, "threshold": threshold, "in_distribution": score <= threshold}

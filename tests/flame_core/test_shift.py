@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from flame_core.shift import check_shift, fit_shift, nearest_tasks, shift_score
+from flame_core.shift import check_shift, fit_shift, nearest_tasks, shift_score, shift_scores
 
 DIMS = {"a": 8, "b": 4}
 
@@ -139,3 +139,19 @@ def test_check_shift_names_the_bad_field(change, field):
         check_shift(stats, "manifest.shift.t")
     with pytest.raises(ValueError, match="manifest.shift.t"):
         check_shift("nope", "manifest.shift.t")
+
+
+def test_batch_scores_match_one_by_one_and_do_not_depend_on_the_batch(fitted):
+    summaries, present = gaussian(200, seed=4)
+    present["b"][:20] = False
+    present["a"][:10] = False  # rows 0-9: no modality at all
+    present["a"][10:20] = True
+    batch = shift_scores(fitted, summaries, present)
+    assert batch[:10] == [None] * 10
+    one = scores(fitted, {m: v[10:] for m, v in summaries.items()}, {m: v[10:] for m, v in present.items()})
+    assert np.allclose(batch[10:], one, rtol=1e-12)
+    for picks in ([15], [3, 150, 42], list(range(199, 100, -7))):  # any company, any position
+        part = shift_scores(
+            fitted, {m: v[picks] for m, v in summaries.items()}, {m: v[picks] for m, v in present.items()}
+        )
+        assert part == [batch[i] for i in picks]  # bit for bit
