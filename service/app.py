@@ -40,6 +40,7 @@ from service.inference.router import router as inference_router
 from service.jobs.queue import LocalQueue, enqueue
 from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
+from service.jobs.scoring_routes import router as scoring_router
 from service.limits import ContentTypeMiddleware
 from service.observability import (
     ObservabilityMiddleware,
@@ -117,6 +118,7 @@ ROUTERS: list[APIRouter] = [
     nearest_router,
     datasets_router,
     jobs_router,
+    scoring_router,
     registry_router,
     keys_router,
 ]

@@ -220,32 +220,42 @@ class Batcher:
         loaded, task = jobs[0].loaded, jobs[0].task
         t0 = time.perf_counter()
         batch = concat_batches([j.batch for j in jobs])
-        out = loaded.forward(batch, task)
-        head, logits = loaded.specs.tasks[task].head, out.outputs[task]
-        values = predict_outputs(head, logits).cpu()  # the one sync
-        finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
-        calib, shift = loaded.model.calibration.get(task), loaded.model.shift.get(task)
-        cal = calibrated(head, logits, calib).cpu().tolist() if calib else None
-        scores: list[float | None] | None = None
-        if shift:
-            fitted = [m for m, r in out.routing.items() if m in shift["modalities"] and r.summary is not None]
-            summaries = {m: out.routing[m].summary.cpu().double().numpy() for m in fitted}  # type: ignore[union-attr]
-            present = {m: out.routing[m].present.cpu().numpy() for m in fitted}
-            scores = shift_scores(shift, summaries, present) if fitted else [None] * batch.size
-        routing: Routes = {}
-        for m, r in out.routing.items():
-            weights = r.weights.cpu()
-            finite &= torch.isfinite(weights).all(dim=1)
-            routing[m] = (r.experts.cpu().tolist(), weights.tolist(), r.present.cpu().tolist())
-        rows, ok = values.tolist(), finite.tolist()
+        shares = forward_rows(loaded, task, batch, [j.size for j in jobs])
         PREDICT_DURATION.labels(task=task, stage="forward").observe(time.perf_counter() - t0)
         PREDICT_BATCH_SIZE.observe(batch.size)
         self.batches += 1
-        start = 0
-        for job in jobs:
-            end = start + job.size
-            part = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
-            mine = None if cal is None else cal[start:end]
-            flags = None if scores is None else scores[start:end]
-            job.future.set_result(Rows(rows[start:end], ok[start:end], part, batch.size, mine, flags))
-            start = end
+        for job, rows in zip(jobs, shares, strict=True):
+            job.future.set_result(rows)
+
+
+def forward_rows(loaded: LoadedVersion, task: str, batch: Batch, sizes: list[int]) -> list[Rows]:
+    """One forward pass over `batch`, split into consecutive shares of `sizes` rows, as plain Python:
+    outputs, finiteness, routing, calibrated outputs and shift scores (the batch scoring job uses it
+    too)."""
+    out = loaded.forward(batch, task)
+    head, logits = loaded.specs.tasks[task].head, out.outputs[task]
+    values = predict_outputs(head, logits).cpu()  # the one sync
+    finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+    calib, shift = loaded.model.calibration.get(task), loaded.model.shift.get(task)
+    cal = calibrated(head, logits, calib).cpu().tolist() if calib else None
+    scores: list[float | None] | None = None
+    if shift:
+        fitted = [m for m, r in out.routing.items() if m in shift["modalities"] and r.summary is not None]
+        summaries = {m: out.routing[m].summary.cpu().double().numpy() for m in fitted}  # type: ignore[union-attr]
+        present = {m: out.routing[m].present.cpu().numpy() for m in fitted}
+        scores = shift_scores(shift, summaries, present) if fitted else [None] * batch.size
+    routing: Routes = {}
+    for m, r in out.routing.items():
+        weights = r.weights.cpu()
+        finite &= torch.isfinite(weights).all(dim=1)
+        routing[m] = (r.experts.cpu().tolist(), weights.tolist(), r.present.cpu().tolist())
+    rows, ok = values.tolist(), finite.tolist()
+    shares, start = [], 0
+    for size in sizes:
+        end = start + size
+        part = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
+        mine = None if cal is None else cal[start:end]
+        flags = None if scores is None else scores[start:end]
+        shares.append(Rows(rows[start:end], ok[start:end], part, batch.size, mine, flags))
+        start = end
+    return shares

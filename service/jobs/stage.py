@@ -35,6 +35,7 @@ from service.db import session_scope
 from service.jobs.lease import Lease, ShuttingDown, plain
 from service.jobs.promotion import register_stage_version
 from service.jobs.schemas import StageRequest
+from service.jobs.scoring import SCORING_KIND, run_scoring
 from service.jobs.specs import stage_specs
 from service.jobs.stage_lock import engine_of, stage_lock
 from service.observability import JOB_DURATION, JOBS
@@ -158,6 +159,10 @@ def run_stage(
         job = registry.get_job(session=session, job_id=job_id)
         if job.state in ("succeeded", "failed", "cancelled"):
             return job.result_version if job.state == "succeeded" else None
+        kind = job.kind
+    if kind == SCORING_KIND:  # batch scoring shares the queue, not the stage lock
+        run_scoring(job_id, session_factory=session_factory, store=store, settings=settings, stop=stop)
+        return None
     with stage_lock(engine_of(session_factory)):
         return _run_locked(job_id, session_factory=session_factory, store=store, settings=settings, stop=stop)
 

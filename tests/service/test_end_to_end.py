@@ -139,7 +139,7 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     assert client.post("/tasks", json={}, headers=auth(keys["predict"])).status_code == 403
     assert client.post("/tasks", json={}).status_code == 401
 
-    ids, digests = {}, {}
+    ids, digests, sizes = {}, {}, {}
     for split in ("train", "val"):
         body = "\n".join(json.dumps(s) for s in labels_only(icu.splits[split], "los"))
         r = client.post(
@@ -150,6 +150,7 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
         )
         assert r.status_code == 201, r.text
         ids[split], digests[split] = r.json()["dataset_id"], r.json()["digest"]
+        sizes[split] = r.json()["n_samples"]
     r = client.post(
         "/tasks",
         headers=auth(keys["admin"]),
@@ -198,6 +199,21 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
         assert r.status_code == 200, r.text
         return i, r.json()
 
+    # Score the validation cohort with the new task as a job (on Celery in production): one line each.
+    r = client.post(
+        "/predictions/batch", json={"dataset_id": ids["val"], "task": "los"}, headers=auth(keys["predict"])
+    )
+    assert r.status_code == 202, r.text
+    scoring, deadline = r.json()["job_id"], time.monotonic() + 120
+    while (job := client.get(f"/jobs/{scoring}", headers=auth(keys["admin"])).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert job["state"] == "succeeded", job
+    scored = client.get(f"/predictions/batch/{scoring}", headers=auth(keys["predict"])).text.splitlines()
+    assert len(scored) == sizes["val"] and all(json.loads(x)["output"]["type"] == "binary" for x in scored)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one, range(80)))
     for i, body in answers:

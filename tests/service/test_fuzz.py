@@ -24,6 +24,8 @@ OPERATIONS = {
     "PATCH /tasks/{name}",
     "GET /tasks/{name}/card",
     "GET /jobs",
+    "POST /predictions/batch",
+    "GET /predictions/batch/{job_id}",
     "GET /jobs/{job_id}",
     "POST /jobs/{job_id}/cancel",
     "GET /models",
@@ -35,8 +37,14 @@ OPERATIONS = {
     "DELETE /keys/{key_id}",
 }
 # A 2xx needs state the fuzzer cannot make: a job still queued or running (the env's job has ended),
-# a valid checkpoint upload (tests/service/registry/test_byom.py registers real ones).
-NO_2XX_EXPECTED = {"POST /jobs/{job_id}/cancel", "POST /models"}
+# a valid checkpoint upload (tests/service/registry/test_byom.py registers real ones), a stored
+# dataset's id and a finished scoring job (tests/service/jobs/test_scoring.py makes both).
+NO_2XX_EXPECTED = {
+    "POST /jobs/{job_id}/cancel",
+    "POST /models",
+    "POST /predictions/batch",
+    "GET /predictions/batch/{job_id}",
+}
 
 
 @pytest.fixture(scope="module")

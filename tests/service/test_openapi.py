@@ -40,6 +40,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("patch", "/tasks/{name}"): KEYED | {200, 404, 413, 415, 422},
     ("get", "/tasks/{name}/card"): KEYED | {200, 404, 422},
     ("get", "/jobs"): KEYED | {200, 422},
+    ("post", "/predictions/batch"): KEYED | {202, 404, 413, 415, 422},
+    ("get", "/predictions/batch/{job_id}"): KEYED | {200, 404, 409, 422},
     ("get", "/jobs/{job_id}"): KEYED | {200, 404, 422},
     ("post", "/jobs/{job_id}/cancel"): KEYED | {200, 404, 409, 422},
     ("get", "/models"): KEYED | {200},
