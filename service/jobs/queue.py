@@ -159,3 +159,17 @@ def enqueue(job_id: str, *, settings: Settings, local: LocalQueue | None = None,
         raise ValueError("FLAME_REDIS_URL is unset and no in-process queue was given")
     local.put(job_id, force=force)
     return None
+
+
+def commit_and_enqueue(
+    job_id: str, *, session: Session, settings: Settings, local: LocalQueue | None
+) -> None:
+    """Commit the request's new job, then hand it to a worker; if the queue refuses it after all, the
+    job is failed with the reason and QueueFull (503) is raised."""
+    session.commit()
+    try:
+        enqueue(job_id, settings=settings, local=local)
+    except QueueFull as e:
+        registry.mark_failed(session=session, job_id=job_id, error=e.message)
+        session.commit()
+        raise

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query
 
 from service.deps import JobQueueDep, SessionDep, SettingsDep, require_caller
 from service.jobs import service
-from service.jobs.queue import QueueFull, enqueue, has_room
+from service.jobs.queue import QueueFull, commit_and_enqueue, has_room
 from service.jobs.schemas import STAGE_EXAMPLES, JobAccepted, JobOut, JobPage, StageRequest
 from service.openapi import errors
 from service.registry import service as registry
@@ -60,14 +60,10 @@ def submit_task(
     if new and not has_room(settings, job_queue):
         session.rollback()
         raise QueueFull("the training queue is full; retry later")
-    session.commit()
     if new:
-        try:
-            enqueue(job.id, settings=settings, local=job_queue)
-        except QueueFull as e:
-            registry.mark_failed(session=session, job_id=job.id, error=e.message)
-            session.commit()
-            raise
+        commit_and_enqueue(job.id, session=session, settings=settings, local=job_queue)
+    else:
+        session.commit()
     return {"job_id": job.id, "state": "queued" if new else job.state}
 
 

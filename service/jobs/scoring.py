@@ -13,10 +13,8 @@ downloads the file once the job succeeded.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -31,17 +29,14 @@ from service.errors import PredictionNotFinite
 from service.inference import service as predict
 from service.inference.batcher import Rows, forward_rows
 from service.inference.host import load_loaded_version
-from service.jobs.lease import Lease, ShuttingDown
+from service.jobs.lease import Lease
 from service.jobs.models import Job
-from service.observability import JOBS
-from service.orm import utcnow
+from service.jobs.runner import run_claimed
 from service.registry import service as registry
 from service.registry.audit import PredictionRecord, record_predictions
-from service.registry.errors import JobCancelled, LeaseLost
 from service.registry.records import ID_PATTERN, NAME_PATTERN, VERSION_PATTERN
 from service.settings import Settings
 
-log = logging.getLogger(__name__)
 SCORING_KIND = "scoring"
 CHUNK = 256
 
@@ -130,63 +125,34 @@ def run_scoring(
     stop: threading.Event | None = None,
 ) -> None:
     """Claim and run the scoring job; its row records how it ended (the file's digest in `metrics`)."""
-    stale_before = utcnow() - timedelta(seconds=settings.job_heartbeat_timeout_s)
-    with session_scope(session_factory) as session:
-        job, claimed = registry.claim_job(
-            session=session, job_id=job_id, stale_before=stale_before, max_attempts=settings.job_max_attempts
-        )
-        if not claimed:
-            return
-        raw_request, attempt = dict(job.request), job.attempts
-    from service.jobs.stage import _end  # the stage job's bookkeeping, shared
 
-    JOBS.labels("running").inc()
-    started = time.perf_counter()
-    lease = Lease(
-        job_id=job_id,
-        attempt=attempt,
-        session_factory=session_factory,
-        interval_s=settings.job_heartbeat_interval_s,
-        stop=stop,
-    )
-    try:
-        with lease:
-            request = ScoringRequest.model_validate(raw_request)
-            with session_scope(session_factory, write=False) as session:
-                version = registry.get_version(session=session, version=request.version or "")
-                dataset = registry.get_dataset(session=session, dataset_id=request.dataset_id)
-                session.expunge_all()
-            loaded = load_loaded_version(store, version, torch.device("cpu"))
-            lines = read_dataset(store, dataset)
-            out: list[str] = []
-            scored = 0
-            for start in range(0, len(lines), CHUNK):
-                chunk_lines, audits = _score_chunk(loaded, request.task, job_id, lines[start : start + CHUNK])
-                out += [json.dumps(x, separators=(",", ":")) + "\n" for x in chunk_lines]
-                scored += len(audits)
-                with session_scope(session_factory) as session:
-                    record_predictions(session=session, records=audits)
-                lease.report(phase="scoring", done=min(start + CHUNK, len(lines)), total=len(lines))
-            sha = store.put_bytes("".join(out).encode())
-            metrics = {
-                "artifact_sha256": sha,
-                "samples": len(lines),
-                "scored": scored,
-                "errors": len(lines) - scored,
-                "task": request.task,
-                "version": version.id,
-            }
+    def work(lease: Lease, raw_request: dict[str, Any], attempt: int) -> None:
+        request = ScoringRequest.model_validate(raw_request)
+        with session_scope(session_factory, write=False) as session:
+            version = registry.get_version(session=session, version=request.version or "")
+            dataset = registry.get_dataset(session=session, dataset_id=request.dataset_id)
+            session.expunge_all()
+        loaded = load_loaded_version(store, version, torch.device("cpu"))
+        lines = read_dataset(store, dataset)
+        out: list[str] = []
+        scored = 0
+        for start in range(0, len(lines), CHUNK):
+            chunk_lines, audits = _score_chunk(loaded, request.task, job_id, lines[start : start + CHUNK])
+            out += [json.dumps(x, separators=(",", ":")) + "\n" for x in chunk_lines]
+            scored += len(audits)
             with session_scope(session_factory) as session:
-                registry.hold_lease(session=session, job_id=job_id, attempt=attempt)
-                registry.mark_succeeded(session=session, job_id=job_id, metrics=metrics)
-        JOBS.labels("succeeded").inc()
-    except JobCancelled:
-        _end(session_factory, job_id, "cancelled", started, registry.mark_cancelled, attempt=attempt)
-    except ShuttingDown:
-        _end(session_factory, job_id, "released", started, registry.release, attempt=attempt)
-    except LeaseLost as e:
-        log.warning("job %s: attempt %d stops without writing: %s", job_id, attempt, e.message)
-    except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
-        log.exception("job %s failed", job_id)
-        message = f"{type(e).__name__}: {e}"
-        _end(session_factory, job_id, "failed", started, registry.mark_failed, attempt=attempt, error=message)
+                record_predictions(session=session, records=audits)
+            lease.report(phase="scoring", done=min(start + CHUNK, len(lines)), total=len(lines))
+        metrics = {
+            "artifact_sha256": store.put_bytes("".join(out).encode()),
+            "samples": len(lines),
+            "scored": scored,
+            "errors": len(lines) - scored,
+            "task": request.task,
+            "version": version.id,
+        }
+        with session_scope(session_factory) as session:
+            registry.hold_lease(session=session, job_id=job_id, attempt=attempt)
+            registry.mark_succeeded(session=session, job_id=job_id, metrics=metrics)
+
+    run_claimed(job_id, work, session_factory=session_factory, settings=settings, stop=stop)

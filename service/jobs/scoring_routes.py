@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import Response
 
 from service.deps import JobQueueDep, SessionDep, SettingsDep, StoreDep, require_caller
-from service.jobs.queue import QueueFull, enqueue, has_room
+from service.jobs.queue import QueueFull, commit_and_enqueue, has_room
 from service.jobs.schemas import JobAccepted
 from service.jobs.scoring import SCORING_KIND, ScoringRequest, submit_scoring
 from service.openapi import errors
@@ -46,13 +46,7 @@ def submit_batch(
     if not has_room(settings, job_queue):
         session.rollback()
         raise QueueFull("the job queue is full; retry later")
-    session.commit()
-    try:
-        enqueue(job.id, settings=settings, local=job_queue)
-    except QueueFull as e:
-        registry.mark_failed(session=session, job_id=job.id, error=e.message)
-        session.commit()
-        raise
+    commit_and_enqueue(job.id, session=session, settings=settings, local=job_queue)
     return {"job_id": job.id, "state": "queued"}
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -32,16 +30,15 @@ from flame_core.training import TrainConfig, evaluate
 from service.artifacts import ArtifactStore
 from service.datasets.service import DatasetInvalid, read_dataset, validate_lines
 from service.db import session_scope
-from service.jobs.lease import Lease, ShuttingDown, plain
+from service.jobs.lease import Lease, plain
 from service.jobs.promotion import register_stage_version
+from service.jobs.runner import run_claimed
 from service.jobs.schemas import StageRequest
 from service.jobs.scoring import SCORING_KIND, run_scoring
 from service.jobs.specs import stage_specs
 from service.jobs.stage_lock import engine_of, stage_lock
-from service.observability import JOB_DURATION, JOBS
-from service.orm import utcnow
 from service.registry import service as registry
-from service.registry.errors import AliasNotFound, Conflict, JobCancelled, LeaseLost
+from service.registry.errors import AliasNotFound
 from service.settings import Settings
 from service.versioning import load_version
 
@@ -175,78 +172,33 @@ def _run_locked(
     settings: Settings,
     stop: threading.Event | None,
 ) -> str | None:
-    stale_before = utcnow() - timedelta(seconds=settings.job_heartbeat_timeout_s)
-    with session_scope(session_factory) as session:
-        job, claimed = registry.claim_job(
-            session=session, job_id=job_id, stale_before=stale_before, max_attempts=settings.job_max_attempts
-        )
-        if not claimed:
-            return job.result_version if job.state == "succeeded" else None
-        raw_request, attempt = dict(job.request), job.attempts
-    JOBS.labels("running").inc()
-    started = time.perf_counter()
-    lease = Lease(
-        job_id=job_id,
-        attempt=attempt,
-        session_factory=session_factory,
-        interval_s=settings.job_heartbeat_interval_s,
-        stop=stop,
-    )
-    try:
-        with lease:
-            request = StageRequest.model_validate(raw_request)
-            with session_scope(session_factory) as session:
-                try:
-                    parent_id = registry.resolve_alias(session=session, alias="active").id
-                except AliasNotFound:
-                    msg = "no model version is active; a stage continues an existing model"
-                    raise ValueError(msg) from None
-                registry.set_parent(session=session, job_id=job_id, version=parent_id)
-            cl, index, summary, validation, cards = _train_stage(
-                lease, request, parent_id, session_factory=session_factory, store=store, settings=settings
-            )
-            lease.report(phase="registering")
-            version_id = register_stage_version(
-                job_id=job_id,
-                attempt=attempt,
-                cl=cl,
-                index=index,
-                summary=summary,
-                parent=parent_id,
-                validation=validation,
-                cards=cards,
-                options=request.options,
-                session_factory=session_factory,
-                store=store,
-                settings=settings,
-            )
-        _count("succeeded", started)
-        return version_id
-    except JobCancelled:
-        _end(session_factory, job_id, "cancelled", started, registry.mark_cancelled, attempt=attempt)
-    except ShuttingDown:
-        _end(session_factory, job_id, "released", started, registry.release, attempt=attempt)
-    except LeaseLost as e:
-        log.warning("job %s: attempt %d stops without writing: %s", job_id, attempt, e.message)
-    except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
-        log.exception("job %s failed", job_id)
-        message = f"{type(e).__name__}: {e}"
-        _end(session_factory, job_id, "failed", started, registry.mark_failed, attempt=attempt, error=message)
-    return None
-
-
-def _count(state: str, started: float) -> None:
-    JOBS.labels(state).inc()
-    JOB_DURATION.labels(state).observe(time.perf_counter() - started)
-
-
-def _end(session_factory, job_id: str, state: str, started: float, record, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
-    """Record how the attempt ended, unless the job moved on without it (another attempt holds it)."""
-    try:
+    def work(lease: Lease, raw_request: dict[str, Any], attempt: int) -> str | None:
+        request = StageRequest.model_validate(raw_request)
         with session_scope(session_factory) as session:
-            record(session=session, job_id=job_id, **kwargs)
-    except Conflict as e:
-        log.warning("job %s: not recorded as %s: %s", job_id, state, e.message)
-        return
-    if state != "released":  # handed back to the queue: not a state a job ends in
-        _count(state, started)
+            try:
+                parent_id = registry.resolve_alias(session=session, alias="active").id
+            except AliasNotFound:
+                msg = "no model version is active; a stage continues an existing model"
+                raise ValueError(msg) from None
+            registry.set_parent(session=session, job_id=job_id, version=parent_id)
+        cl, index, summary, validation, cards = _train_stage(
+            lease, request, parent_id, session_factory=session_factory, store=store, settings=settings
+        )
+        lease.report(phase="registering")
+        version_id = register_stage_version(
+            job_id=job_id,
+            attempt=attempt,
+            cl=cl,
+            index=index,
+            summary=summary,
+            parent=parent_id,
+            validation=validation,
+            cards=cards,
+            options=request.options,
+            session_factory=session_factory,
+            store=store,
+            settings=settings,
+        )
+        return version_id
+
+    return run_claimed(job_id, work, session_factory=session_factory, settings=settings, stop=stop)
