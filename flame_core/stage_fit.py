@@ -16,7 +16,7 @@ from flame_core.continual import ContinualFlame
 from flame_core.ranges import record_training_ranges
 from flame_core.specs import SpecSet
 from flame_core.strategies.base import Strategy
-from flame_core.task_stats import record_task_statistics
+from flame_core.task_stats import COVERAGE, record_task_statistics
 from flame_core.training import TrainConfig, TrainResult, seed_everything, train
 
 Scores = dict[str, float]
@@ -43,13 +43,14 @@ def fit_stage(
     score: Callable[[Sequence[str]], Scores] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    coverage: float = COVERAGE,
 ) -> StageFit:
     """Learn the tasks of `specs` (the stage's tasks and any new modalities) on `strategy.module`.
 
     Seeds everything with `config.seed` first, so the same parent, data and seed give the same
     stage bit for bit whoever calls. `on_phase` hears "training", "truncating", "refitting" (only
     when there is something to refit) and "ending"; `score(tasks)` is called after training and,
-    if `compress` changed the model, after it.
+    if `compress` changed the model, after it. `coverage`: the new tasks' conformal sets' target.
     """
     module = strategy.module
     if module is None:
@@ -93,5 +94,5 @@ def fit_stage(
     info = strategy.end_stage(batch, tasks)
     if isinstance(module, ContinualFlame):  # its tasks' statistics are fixed with their weights
         record_training_ranges(module.training_ranges, train_samples, all_specs, tasks)
-        record_task_statistics(module, train_samples, val_samples, tasks)
+        record_task_statistics(module, train_samples, val_samples, tasks, coverage=coverage)
     return StageFit(trained, info, before, at_truncation)

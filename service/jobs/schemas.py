@@ -38,6 +38,8 @@ class StageOptions(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=2e-3, gt=0.0, le=1.0)
     patience: int = Field(default=5, ge=0)
+    # the conformal sets' target coverage for the new tasks (fixed with them, like their weights)
+    coverage: float = Field(default=0.9, gt=0.5, lt=1.0)
     # The promotion gate: every new task must reach each bound on the job's metrics (test split, else
     # validation); `mse` is a maximum. Short of it the version stays `candidate`.
     min_metric: dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]] | None = None

@@ -104,6 +104,7 @@ def _train_stage(
         config,
         on_epoch=on_epoch,
         on_phase=lambda phase: lease.report(phase=phase),
+        coverage=opts.coverage,
     )
     result, stage = fit.trained, cl.stages[-1]
     cl.to("cpu").eval()

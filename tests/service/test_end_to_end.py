@@ -157,7 +157,7 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
         json={
             "tasks": [LOS],
             "datasets": {"train": ids["train"], "validation": ids["val"]},
-            "options": {"epochs": 1, "rank": "auto"},
+            "options": {"epochs": 1, "rank": "auto", "coverage": 0.8},
         },
     )
     assert r.status_code == 202, r.text
@@ -183,10 +183,11 @@ def test_new_task_is_learned_and_served_without_changing_earlier_predictions(pro
     assert card["sources"]["train"]["digest"] == digests["train"]
     assert card["sources"]["validation"]["digest"] == digests["val"]
     assert 0 <= card["metrics"]["auroc"] <= 1 and card["data"]["train"]["n"] > 0
-    assert card["calibration"]["target_coverage"] == 0.9 and card["version"] == "v2" and card["cursor"] == 1
+    assert card["calibration"]["target_coverage"] == 0.8 and card["version"] == "v2" and card["cursor"] == 1
     los = client.post("/predict/los", json={"instances": payloads}, headers=auth(keys["predict"]))
     assert los.status_code == 200, los.text
     assert los.json()["model_version"] == "v2" and los.json()["cursor"] == 1
+    assert all(p["calibrated"]["coverage"] == 0.8 for p in los.json()["predictions"])  # the stage's option
     after = client.post("/predict/mortality", json={"instances": payloads}, headers=auth(keys["predict"]))
     assert after.json()["model_version"] == "v2"
     assert json.dumps(after.json()["predictions"]) == json.dumps(before.json()["predictions"])
