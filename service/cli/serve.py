@@ -29,6 +29,10 @@ TOKEN_FILE = "bootstrap-admin.token"  # in FLAME_HOME, when stdout is not a term
 # uvicorn's own access log prints raw request lines (paths, query strings): ours logs the route
 # template, status and latency instead (service.observability).
 UVICORN_OPTIONS: dict[str, Any] = {"access_log": False}
+# uvicorn's supervisor pings each `--workers` process every 0.5 s and SIGKILLs one that does not answer
+# within this many seconds (its default, 5, killed a worker busy on a loaded 2-core CI host, and the
+# requests it held hung): a busy worker is not a hung one.
+WORKER_HEALTHCHECK_S = 60
 
 
 def build_demo_model(
@@ -163,7 +167,13 @@ def serve_command(
         # every worker writes its metrics to files here; /metrics in any worker sums them all
         prepare_multiprocess_dir(settings.home / f"metrics-{port}")
         uvicorn.run(
-            "service.app:create_app", factory=True, host=host, port=port, workers=workers, **UVICORN_OPTIONS
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+            **UVICORN_OPTIONS,
         )
     else:
         from service.app import create_app

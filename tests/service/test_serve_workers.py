@@ -31,7 +31,7 @@ def free_port() -> int:
 def get(url: str) -> tuple[int, str]:
     """One request on a new connection, so the kernel may hand it to either worker."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=30) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
