@@ -31,12 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 from flame_core.benchmarks import load_benchmark  # noqa: E402
 from flame_core.calibration import calibrated, expected_calibration_error, prediction_set  # noqa: E402
-from flame_core.collate import collate  # noqa: E402
 from flame_core.config import FlameConfig  # noqa: E402
 from flame_core.continual import ContinualFlame  # noqa: E402
 from flame_core.heads import predict_outputs  # noqa: E402
-from flame_core.shift import shift_score  # noqa: E402
-from flame_core.task_stats import record_task_statistics  # noqa: E402
+from flame_core.shift import shift_scores  # noqa: E402
+from flame_core.task_stats import record_task_statistics, task_outputs  # noqa: E402
 from flame_core.training import TrainConfig, fit  # noqa: E402
 
 CONFIG = FlameConfig(d_model=32, n_experts=4, expert_hidden=64, ts_ref_points=8, text_buckets=1024)
@@ -61,28 +60,16 @@ def shifted_icu(samples: list[dict], seed: int = 0) -> list[dict]:
 
 
 def score_task(cl: ContinualFlame, samples: list[dict], task: str) -> dict[str, Any]:
-    model = cl.cursor_model(cl.cursor[task]).eval()
+    """Raw and calibrated outputs, labels and shift scores, as the service computes them per batch."""
     head, calib, stats = cl.specs.tasks[task].head, cl.calibration[task], cl.shift.get(task)
-    raw, cal, labels, scores = [], [], [], []
-    with torch.inference_mode():
-        for i in range(0, len(samples), 256):
-            batch = collate(samples[i : i + 256], cl.specs, tasks=[task], tokenizer=cl.config.tokenizer())
-            out = model(batch, [task])
-            raw.append(predict_outputs(head, out.outputs[task]).double().numpy())
-            cal.append(calibrated(head, out.outputs[task], calib).double().numpy())
-            labels.append(batch.labels[task].numpy())
-            if stats is not None:
-                routes = {m: r for m, r in out.routing.items() if r.summary is not None}
-                for b in range(batch.size):
-                    summ = {m: r.summary[b].tolist() for m, r in routes.items()}
-                    pres = {m: bool(r.present[b]) for m, r in routes.items()}
-                    scores.append(shift_score(stats, summ, pres))
+    got = task_outputs(cl, samples, task)
+    fitted = {m: v for m, v in got["summaries"].items() if stats is not None and m in stats["modalities"]}
+    scores = shift_scores(stats, fitted, got["present"]) if fitted else [None] * len(samples)
     return {
-        "raw": np.concatenate(raw),
-        "cal": np.concatenate(cal),
-        "labels": np.concatenate(labels),
+        "raw": predict_outputs(head, got["logits"]).double().numpy(),
+        "cal": calibrated(head, got["logits"], calib).double().numpy(),
+        "labels": got["labels"].numpy(),
         "scores": scores,
-        "mask": [i for i, s in enumerate(samples) if (s.get("labels") or {}).get(task) is not None],
     }
 
 

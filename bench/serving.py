@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.serving_report import LOAD_HEADERS, errors, load_cells, machine, table  # noqa: E402
 from bench.serving_server import Server  # noqa: E402
 from bench.serving_setup import TASK, Registry, build_registry, ceiling  # noqa: E402
-from bench.serving_stress import INSTANCES, Stress  # noqa: E402
+from bench.serving_stress import INSTANCES  # noqa: E402
 from bench.serving_verdict import Verdict  # noqa: E402
 from service.cli.serve import DEMO_EPOCHS  # noqa: E402
 
@@ -52,7 +52,7 @@ FULL = {
 }
 
 
-class Bench(Stress, Verdict):
+class Bench(Verdict):
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args, self.workdir = args, workdir
         self.p = QUICK if args.quick else FULL

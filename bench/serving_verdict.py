@@ -8,28 +8,15 @@ from typing import Any
 from bench.serving_report import LOAD_HEADERS, load_cells, table
 from bench.serving_server import Server
 from bench.serving_setup import TASK
-from bench.serving_stress import INSTANCES
+from bench.serving_stress import INSTANCES, Stress
 
 
-class Verdict:
-    p: dict[str, Any]
-    reg: Any
-    single: Any
-    batch: Any
-    workdir: Any
-    results: dict[str, Any]
+class Verdict(Stress):
+    """The last sections; the attributes and hooks it reads are declared on `Stress`."""
+
     service_rows: dict[tuple[int, int], dict[str, Any]]
     http_rows: dict[tuple[str, int], dict[str, Any]]
     forward_ceiling: dict[int, float]
-
-    def env(self, **extra: str) -> dict[str, str]:
-        raise NotImplementedError
-
-    def closed(self, server: Server, path: str, bodies: Any, c: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def emit(self, title: str, text: str) -> None:
-        raise NotImplementedError
 
     def two_workers(self) -> None:
         """`flame serve --workers 2`: one process (and one batcher) per core."""

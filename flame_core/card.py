@@ -12,25 +12,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from flame_core.calibration import calibrated, prediction_set
-from flame_core.collate import collate
 from flame_core.continual import ContinualFlame
 from flame_core.heads import predict_outputs
 from flame_core.metrics import task_metrics
+from flame_core.task_stats import labelled, task_outputs
 
 MIN_SUBGROUP = 20  # patterns with fewer test samples are counted but not scored
-
-
-def _labelled(samples: Sequence[dict[str, Any]], task: str) -> list[dict[str, Any]]:
-    return [s for s in samples if isinstance(s.get("labels"), Mapping) and s["labels"].get(task) is not None]
 
 
 def describe_data(samples: Sequence[dict[str, Any]], cl: ContinualFlame, task: str) -> dict[str, Any]:
     """Counts, label balance and the share of samples with each of the task's modalities."""
     spec = cl.specs.tasks[task]
-    rows = _labelled(samples, task)
+    rows = labelled(samples, task)
     labels = (
         Counter(str(s["labels"][task]) for s in rows) if spec.head.type in ("binary", "multiclass") else {}
     )
@@ -39,14 +34,11 @@ def describe_data(samples: Sequence[dict[str, Any]], cl: ContinualFlame, task: s
 
 
 def _outputs(cl: ContinualFlame, samples: list[dict[str, Any]], task: str) -> tuple[np.ndarray, ...]:
-    model = cl.cursor_model(cl.cursor[task]).eval()
     head, calib = cl.specs.tasks[task].head, cl.calibration.get(task)
-    batch = collate(samples, cl.specs, tasks=[task], tokenizer=cl.config.tokenizer())
-    with torch.inference_mode():
-        logits = model(batch, [task]).outputs[task]
-    raw = predict_outputs(head, logits).double().numpy()
-    cal = calibrated(head, logits, calib).double().numpy()
-    return raw, cal, batch.labels[task].numpy()
+    got = task_outputs(cl, samples, task)
+    raw = predict_outputs(head, got["logits"]).double().numpy()
+    cal = calibrated(head, got["logits"], calib).double().numpy()
+    return raw, cal, got["labels"].numpy()
 
 
 def _covered(head: Any, value: Any, label: Any, calib: Mapping[str, Any]) -> float:
@@ -67,7 +59,7 @@ def task_card(
     """The system-filled card of `task` (call when its stage ends; `test` may be the validation split
     when there is no test split, and the card says which in `evaluated_on` set by the caller)."""
     head, spec = cl.specs.tasks[task].head, cl.specs.tasks[task]
-    rows = _labelled(test, task)
+    rows = labelled(test, task)
     card: dict[str, Any] = {
         "task": task,
         "head": head.to_dict(),

@@ -25,12 +25,14 @@ BATCH = 256
 COVERAGE = 0.9
 
 
-def _labelled(samples: Sequence[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+def labelled(samples: Sequence[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    """The samples with a label for `task`."""
     return [s for s in samples if isinstance(s.get("labels"), Mapping) and s["labels"].get(task) is not None]
 
 
-def _forward(cl: ContinualFlame, samples: Sequence[dict[str, Any]], task: str) -> dict[str, Any]:
-    """The task's logits, labels and per-modality pooled summaries (and presence) over `samples`."""
+def task_outputs(cl: ContinualFlame, samples: Sequence[dict[str, Any]], task: str) -> dict[str, Any]:
+    """The task's cursor model over `samples` in batches: logits, labels and per-modality pooled
+    summaries (float64) and presence."""
     model = cl.cursor_model(cl.cursor[task]).eval()
     tokenizer = cl.config.tokenizer()
     logits, labels = [], []
@@ -70,14 +72,14 @@ def record_task_statistics(
     for task in tasks:
         head = cl.specs.tasks[task].head
         if task not in cl.calibration:
-            val = _labelled(val_samples, task)
+            val = labelled(val_samples, task)
             if len(val) >= 2:
-                got = _forward(cl, val, task)
+                got = task_outputs(cl, val, task)
                 cl.calibration[task] = fit_task_calibration(head, got["logits"], got["labels"], coverage)
         if task not in cl.shift:
-            train = _labelled(train_samples, task)
+            train = labelled(train_samples, task)
             if len(train) >= 2:
-                got = _forward(cl, train, task)
+                got = task_outputs(cl, train, task)
                 cl.shift[task] = fit_shift(got["summaries"], got["present"])
 
 

@@ -64,6 +64,17 @@ class Rows:
     calibrated: list[Any] | None = None  # the calibrated head outputs, when the task has calibration
     shift: list[float | None] | None = None  # shift scores, when the task has shift statistics
 
+    def part(self, start: int, end: int) -> Rows:
+        """Rows `start:end` of these (one request's share of a forward pass)."""
+        return Rows(
+            self.values[start:end],
+            self.finite[start:end],
+            {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in self.routing.items()},
+            self.batch_size,
+            None if self.calibrated is None else self.calibrated[start:end],
+            None if self.shift is None else self.shift[start:end],
+        )
+
 
 @dataclass(eq=False)
 class Job:
@@ -249,13 +260,9 @@ def forward_rows(loaded: LoadedVersion, task: str, batch: Batch, sizes: list[int
         weights = r.weights.cpu()
         finite &= torch.isfinite(weights).all(dim=1)
         routing[m] = (r.experts.cpu().tolist(), weights.tolist(), r.present.cpu().tolist())
-    rows, ok = values.tolist(), finite.tolist()
+    whole = Rows(values.tolist(), finite.tolist(), routing, batch.size, cal, scores)
     shares, start = [], 0
     for size in sizes:
-        end = start + size
-        part = {m: (e[start:end], w[start:end], p[start:end]) for m, (e, w, p) in routing.items()}
-        mine = None if cal is None else cal[start:end]
-        flags = None if scores is None else scores[start:end]
-        shares.append(Rows(rows[start:end], ok[start:end], part, batch.size, mine, flags))
-        start = end
+        shares.append(whole.part(start, start + size))
+        start += size
     return shares

@@ -63,14 +63,7 @@ def submit_scoring(*, session: Session, request: ScoringRequest, created_by: str
 
 def _one(loaded: Any, task: str, item: Any, sample: dict, batch: Any, rows: Rows, i: int) -> dict[str, Any]:
     """Sample `i` of a chunk answered alone: its prediction, or its `prediction_not_finite` error."""
-    part = Rows(
-        [rows.values[i]],
-        [rows.finite[i]],
-        {m: (e[i : i + 1], w[i : i + 1], p[i : i + 1]) for m, (e, w, p) in rows.routing.items()},
-        rows.batch_size,
-        None if rows.calibrated is None else [rows.calibrated[i]],
-        None if rows.shift is None else [rows.shift[i]],
-    )
+    part = rows.part(i, i + 1)
     try:
         return predict.finish(
             predict.Prepared(loaded, task, [item], [sample], False, batch), part

@@ -50,10 +50,6 @@ _EXAMPLES = {
 }
 
 
-def _version(session: Any, version: str | None) -> str:
-    return version or service.resolve_alias(session=session, alias="active").id
-
-
 @router.get(
     "/tasks/{name}/card",
     responses={
@@ -66,7 +62,7 @@ def get_card(
     name: TaskName, session: SessionDep, _: ReaderCaller, version: VersionQuery = None, fmt: Format = "json"
 ) -> Any:
     """The task's model card as the version (default: active) serves it."""
-    served_by = _version(session, version)
+    served_by = service.version_or_active(session=session, version=version)
     task = service.get_task(session=session, name=name, version=served_by)
     card = {
         **task.model_card,
@@ -92,7 +88,9 @@ def write_card(
     text = body.model_dump(exclude_none=True)
     if not text:
         raise PayloadInvalid("send `intended_use`, `limitations` or both", field="body")
-    task = service.get_task(session=session, name=name, version=_version(session, version))
+    task = service.get_task(
+        session=session, name=name, version=service.version_or_active(session=session, version=version)
+    )
     service.update_model_card(
         session=session, name=name, version=task.version_id, card={**task.model_card, **text}
     )

@@ -51,10 +51,6 @@ _UPLOAD_EXAMPLES = {
 }
 
 
-def _version(session: Any, version: str | None) -> str:
-    return version or service.resolve_alias(session=session, alias="active").id
-
-
 @router.get(
     "/tasks",
     tags=["jobs"],
@@ -63,13 +59,19 @@ def _version(session: Any, version: str | None) -> str:
 )
 def list_tasks(session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
     """Tasks the version (default: active) serves, in the order they were introduced."""
-    rows = service.list_tasks(session=session, version=_version(session, version))
+    rows = service.list_tasks(
+        session=session, version=service.version_or_active(session=session, version=version)
+    )
     return [service.task_out(t) for t in rows]
 
 
 @router.get("/tasks/{name}", tags=["jobs"], response_model=TaskOut, responses=errors(404, 422))
 def get_task(name: TaskName, session: SessionDep, _: TrainCaller, version: VersionQuery = None) -> Any:
-    return service.task_out(service.get_task(session=session, name=name, version=_version(session, version)))
+    return service.task_out(
+        service.get_task(
+            session=session, name=name, version=service.version_or_active(session=session, version=version)
+        )
+    )
 
 
 @router.get("/models", tags=["jobs"], response_model=list[VersionOut])

@@ -110,12 +110,18 @@ __all__ = [
     "task_out",
     "unfinished_jobs",
     "update_model_card",
+    "version_or_active",
     "update_progress",
     "version_detail",
     "version_out",
 ]
 
 ACTIVE_ALIAS = "active"
+
+
+def version_or_active(*, session: Session, version: str | None) -> str:
+    """`version`, or the version `active` points at when none is given."""
+    return version or resolve_alias(session=session, alias=ACTIVE_ALIAS).id
 
 
 def task_out(task: Task) -> dict[str, Any]:
