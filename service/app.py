@@ -51,6 +51,7 @@ from service.observability import (
 from service.openapi import install_openapi
 from service.registry.cards import router as cards_router
 from service.registry.router import router as registry_router
+from service.registry_metrics import RegistryCollector
 from service.runtime import apply_torch_threads
 from service.settings import Settings, get_settings
 
@@ -104,9 +105,11 @@ def readyz(request: Request) -> JSONResponse:
     response_class=PlainTextResponse,
     responses={200: {"description": "The Prometheus text exposition format."}},
 )
-def metrics() -> Response:
-    """Prometheus exposition (no auth: scrape it from inside the network)."""
-    payload, content_type = render_metrics()
+def metrics(request: Request) -> Response:
+    """Prometheus exposition (no auth: scrape it from inside the network): this process's metrics and
+    the registry's, read at scrape time (job counts and durations, promotions, the `active` version)."""
+    collector = getattr(request.app.state, "registry_metrics", None)
+    payload, content_type = render_metrics(*([collector] if collector is not None else []))
     return Response(payload, media_type=content_type)
 
 
@@ -150,6 +153,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.registry_metrics = RegistryCollector(app.state.session_factory)
     app.state.store = LocalArtifactStore(settings.artifact_root)
     app.state.key_cache = KeyCache(
         ttl_s=settings.auth_cache_ttl_s, outage_grace_s=settings.auth_outage_grace_s

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,14 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import internal_error
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+DEPTH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 HTTP_REQUESTS = Counter(
     "flame_http_requests",
@@ -81,24 +83,14 @@ MODEL_INFO = Gauge(
 )
 QUEUE_DEPTH = Gauge(
     "flame_queue_depth",
-    "Prediction requests waiting for or running a forward pass.",
+    "Prediction requests waiting in a task queue for their forward pass, now. The batcher takes them "
+    "as soon as the forward before them ends, so a scrape mostly finds 0 even under load: read "
+    "flame_predict_queue_depth for the depth requests met.",
     multiprocess_mode="livesum",
 )
-# Updated by the jobs side (service/jobs); defined here so one module owns every metric name.
-JOBS = Counter("flame_jobs", "Continual-learning jobs reaching a state.", ["state"])
-JOB_DURATION = Histogram(
-    "flame_job_duration_seconds",
-    "Wall time of finished continual-learning jobs.",
-    ["state"],
-    buckets=JOB_BUCKETS,
-)
-PROMOTIONS = Counter(
-    "flame_model_promotions",
-    "Stage versions through the promotion gate: promoted (active moved) or rejected (kept candidate).",
-    ["outcome"],
-)
-for _outcome in ("promoted", "rejected"):
-    PROMOTIONS.labels(_outcome)  # both series exist from the start, at zero
+# Job counts, durations, promotions and the registry's `active` version are read from the registry at
+# scrape time (service/registry_metrics.py), so every target agrees whatever process ran the job.
+
 # What a clinician reads beside each prediction (service/inference/service.py `judge`).
 PREDICTIONS = Counter("flame_predictions", "Instances predicted, per task.", ["task"])
 SHIFTED = Counter(
@@ -119,6 +111,23 @@ PREDICT_QUEUE_SECONDS = Histogram(
     ["priority"],
     buckets=LATENCY_BUCKETS,
 )
+PREDICT_QUEUE_DEPTH = Histogram(
+    "flame_predict_queue_depth",
+    "Requests in its task's queue when a prediction request joined it, itself included (1: no wait "
+    "behind others). Every request is observed, so this sees the load that scrapes of "
+    "flame_queue_depth miss.",
+    buckets=DEPTH_BUCKETS,
+)
+# The prediction audit writer (service/inference/audit_writer.py): rows committed to the database,
+# spooled to the local file because the database refused them, replayed from the spool, or lost.
+AUDIT_ROWS = Counter(
+    "flame_audit_rows",
+    "Prediction audit rows by outcome: written, spooled (database insert failed), replayed (from the "
+    "spool), dropped (neither database nor spool took them).",
+    ["outcome"],
+)
+for _outcome in ("written", "spooled", "replayed", "dropped"):
+    AUDIT_ROWS.labels(_outcome)  # every series exists from the start, at zero
 
 
 def multiprocess_dir() -> str | None:
@@ -144,17 +153,31 @@ def worker_exiting() -> None:
         prom_multiprocess.mark_process_dead(os.getpid())
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """The exposition text; with several processes, every process's metrics summed or listed."""
+def render_metrics(*collectors: Collector) -> tuple[bytes, str]:
+    """The exposition text: this process's metrics (with several processes, every process's summed or
+    listed), then `collectors`' (e.g. the registry's, read at scrape time, once per scrape)."""
     if multiprocess_dir():
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    if collectors:
+        extra = CollectorRegistry(auto_describe=False)
+        for collector in collectors:
+            extra.register(collector)
+        text += generate_latest(extra)
+    return text, CONTENT_TYPE_LATEST
 
 
-def set_model_version(version: str, previous: str | None) -> None:
-    """`flame_model_info{version}` is 1 for the held version only."""
+def set_model_version(version: str, previous: str | None, tasks: Iterable[str] = ()) -> None:
+    """`flame_model_info{version}` is 1 for the held version only; the per-task counters of the
+    version's `tasks` exist from now on, at 0 until counted (so rates and ratios have a series)."""
+    for task in tasks:
+        for counter in (PREDICTIONS, SHIFTED, NONFINITE_PREDICTIONS):
+            counter.labels(task=task)
+        for reason in ("overloaded", "deadline"):
+            PREDICT_REJECTED.labels(task=task, reason=reason)
     if previous is not None and previous != version:
         if multiprocess_dir():
             MODEL_INFO.labels(version=previous).set(0)

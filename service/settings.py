@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     job_heartbeat_timeout_s: float = Field(default=120.0, ge=0.5, le=86_400.0)
     job_max_attempts: PositiveInt = 3
     job_visibility_timeout_s: PositiveInt = 12 * 3600
+    # a Celery worker serves /metrics and /healthz over HTTP on this port (all interfaces), for
+    # Prometheus and compose's healthcheck (service/jobs/worker_metrics.py); 0 turns it off
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _visibility_above_heartbeat(self) -> Settings:

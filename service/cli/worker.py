@@ -13,7 +13,8 @@ def worker_command(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Consume `flame.run_stage` jobs from Redis (FLAME_REDIS_URL); needs FLAME_DATABASE_URL and
-    FLAME_ARTIFACT_ROOT to match the API's."""
+    FLAME_ARTIFACT_ROOT to match the API's. Serves /metrics and /healthz on FLAME_WORKER_METRICS_PORT
+    (default 9808, 0 = off)."""
     from service.cli.registry import fail, registry_problem
     from service.jobs.celery_app import app
     from service.runtime import apply_training_threads

@@ -28,6 +28,7 @@ from typing import IO
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import session_scope
+from service.observability import AUDIT_ROWS
 from service.registry.audit import PredictionRecord, record_predictions
 
 log = logging.getLogger("flame.audit")
@@ -144,17 +145,20 @@ class AuditWriter:
             try:
                 with session_scope(self.session_factory) as session:
                     record_predictions(session=session, records=batch)
+                AUDIT_ROWS.labels("written").inc(len(batch))
                 return
             except Exception as e:  # noqa: BLE001 - any failure: keep the rows in the spool
                 log.warning("audit insert failed (%s); spooling %d rows", type(e).__name__, len(batch))
         try:
             self._append(batch)
+            AUDIT_ROWS.labels("spooled").inc(len(batch))
         except OSError:
             log.exception(
                 "audit spool %s is not writable; keeping %d rows in memory", self.spool_path, len(batch)
             )
             self._unsaved = batch[-MAX_UNSAVED:]
             if len(batch) > MAX_UNSAVED:
+                AUDIT_ROWS.labels("dropped").inc(len(batch) - MAX_UNSAVED)
                 log.error(
                     "dropped %d audit rows: neither the database nor the spool took them",
                     len(batch) - MAX_UNSAVED,
@@ -188,6 +192,7 @@ class AuditWriter:
             log.warning("audit spool replay failed (%s); retrying in %ss", type(e).__name__, self.retry_s)
             return False
         if records:
+            AUDIT_ROWS.labels("replayed").inc(len(records))
             log.info("replayed %d audit rows from %s", len(records), self.spool_path)
         return True
 

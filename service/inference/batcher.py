@@ -39,6 +39,7 @@ from service.inference.host import LoadedVersion
 from service.observability import (
     PREDICT_BATCH_SIZE,
     PREDICT_DURATION,
+    PREDICT_QUEUE_DEPTH,
     PREDICT_QUEUE_SECONDS,
     PREDICT_REJECTED,
     QUEUE_DEPTH,
@@ -146,6 +147,7 @@ class Batcher:
             lanes[job.priority].append(job)
             self._depth[job.task] += 1
             QUEUE_DEPTH.inc()
+            PREDICT_QUEUE_DEPTH.observe(self._depth[job.task])  # what this request met, itself included
             self._cond.notify_all()
         return job.future
 

@@ -196,6 +196,6 @@ class ModelHost:
             self._current = loaded  # the atomic swap
             self.last_error = None
             freeze_heap()  # the new model's objects leave the garbage collector's hot path
-            set_model_version(loaded.id, held.id if held is not None else None)
+            set_model_version(loaded.id, held.id if held is not None else None, loaded.specs.tasks)
             log.info("model version loaded", extra={"version": loaded.id})
             return True

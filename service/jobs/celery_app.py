@@ -15,6 +15,7 @@ run it to an end (another worker holds it, or it was handed back to the queue).
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -81,7 +82,7 @@ def celery_for(redis_url: str) -> Celery:
     return make_celery(redis_url)
 
 
-_reapers: list[Any] = []
+_running: list[Any] = []  # the reaper and the metrics server: stopped at worker shutdown
 
 
 @worker_process_init.connect(weak=False)
@@ -105,13 +106,31 @@ def _start_reaper(**_: Any) -> None:
         settings=settings,
         requeue=lambda job_id: enqueue(job_id, settings=settings),
     )
-    _reapers.append(reaper.start())
+    _running.append(reaper.start())
+
+
+@worker_ready.connect(weak=False)
+def _start_metrics(**_: Any) -> None:
+    """/metrics and /healthz on FLAME_WORKER_METRICS_PORT (0: none); a busy port is logged, and the
+    worker still runs jobs (compose's healthcheck then reports it)."""
+    from service.db import get_engine, make_session_factory
+    from service.jobs.worker_metrics import WorkerMetricsServer
+
+    settings = get_settings()
+    if settings.worker_metrics_port == 0:
+        return
+    factory = make_session_factory(get_engine(settings.database_url))
+    server = WorkerMetricsServer(port=settings.worker_metrics_port, session_factory=factory)
+    try:
+        _running.append(server.start())
+    except OSError as e:
+        logging.getLogger("flame.worker").error("%s; this worker serves no metrics", e)
 
 
 @worker_shutdown.connect(weak=False)
 def _stop_reaper(**_: Any) -> None:
-    while _reapers:
-        _reapers.pop().stop()
+    while _running:
+        _running.pop().stop()
 
 
 app = make_celery(get_settings().redis_url or DEFAULT_BROKER)

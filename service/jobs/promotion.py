@@ -27,7 +27,6 @@ from service.db import session_scope
 from service.inference.host import LoadedVersion
 from service.jobs import canaries
 from service.jobs.schemas import MetricName, StageOptions
-from service.observability import PROMOTIONS
 from service.registry import service as registry
 from service.registry.errors import DomainError
 from service.registry.models import Task
@@ -160,8 +159,4 @@ def register_stage_version(
             result_version=version.id,
             metrics={**summary, "stage": index, "promotion": promotion},
         )
-    if promote:
-        PROMOTIONS.labels("promoted").inc()
-    elif not verdict.passed:
-        PROMOTIONS.labels("rejected").inc()
     return version.id

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -20,7 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import session_scope
 from service.jobs.lease import Lease, ShuttingDown
-from service.observability import JOB_DURATION, JOBS
 from service.orm import utcnow
 from service.registry import service as registry
 from service.registry.errors import Conflict, JobCancelled, LeaseLost
@@ -47,8 +45,6 @@ def run_claimed(
         if not claimed:
             return job.result_version if job.state == "succeeded" else None
         raw_request, attempt = dict(job.request), job.attempts
-    JOBS.labels("running").inc()
-    started = time.perf_counter()
     lease = Lease(
         job_id=job_id,
         attempt=attempt,
@@ -59,33 +55,25 @@ def run_claimed(
     try:
         with lease:
             result = work(lease, raw_request, attempt)
-        count("succeeded", started)
         return result
     except JobCancelled:
-        end(session_factory, job_id, "cancelled", started, registry.mark_cancelled, attempt=attempt)
+        end(session_factory, job_id, "cancelled", registry.mark_cancelled, attempt=attempt)
     except ShuttingDown:
-        end(session_factory, job_id, "released", started, registry.release, attempt=attempt)
+        end(session_factory, job_id, "released", registry.release, attempt=attempt)
     except LeaseLost as e:
         log.warning("job %s: attempt %d stops without writing: %s", job_id, attempt, e.message)
     except Exception as e:  # noqa: BLE001 - every failure becomes the job's error, shown to the client
         log.exception("job %s failed", job_id)
         message = f"{type(e).__name__}: {e}"
-        end(session_factory, job_id, "failed", started, registry.mark_failed, attempt=attempt, error=message)
+        end(session_factory, job_id, "failed", registry.mark_failed, attempt=attempt, error=message)
     return None
 
 
-def count(state: str, started: float) -> None:
-    JOBS.labels(state).inc()
-    JOB_DURATION.labels(state).observe(time.perf_counter() - started)
-
-
-def end(session_factory, job_id: str, state: str, started: float, record, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
-    """Record how the attempt ended, unless the job moved on without it (another attempt holds it)."""
+def end(session_factory, job_id: str, state: str, record, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+    """Record how the attempt ended, unless the job moved on without it (another attempt holds it).
+    Job metrics come from these rows (service/registry_metrics.py), so nothing is counted here."""
     try:
         with session_scope(session_factory) as session:
             record(session=session, job_id=job_id, **kwargs)
     except Conflict as e:
         log.warning("job %s: not recorded as %s: %s", job_id, state, e.message)
-        return
-    if state != "released":  # handed back to the queue: not a state a job ends in
-        count(state, started)

@@ -147,6 +147,7 @@ def start_celery_worker(
         "FLAME_ARTIFACT_ROOT": artifact_root,
         "FLAME_DEVICE": "cpu",
         "OMP_WAIT_POLICY": "PASSIVE",
+        "FLAME_WORKER_METRICS_PORT": "0",  # no fixed port shared by tests; extra_env may ask for one
         **(extra_env or {}),
     }
     cmd = [

@@ -59,13 +59,14 @@ def test_files_the_compose_file_mounts_exist_and_agree():
         "Dockerfile.api",
         "Dockerfile.worker",
         "api-entrypoint.sh",
-        "prometheus.yml",
+        "prometheus/prometheus.yml",
+        "prometheus/alerts.yml",
         "grafana/provisioning/datasources/prometheus.yml",
         "grafana/provisioning/dashboards/dashboards.yml",
         "grafana/dashboards",
     ):
         assert (docker / path).exists(), f"docker/{path} is missing"
-    assert '"api:8000"' in (docker / "prometheus.yml").read_text()
+    assert "names: [api]" in (docker / "prometheus/prometheus.yml").read_text()  # DNS discovery
     assert (
         "path: /var/lib/grafana/dashboards"
         in (docker / "grafana/provisioning/dashboards/dashboards.yml").read_text()

@@ -24,8 +24,8 @@ SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
 
 def dashboard_metric_names() -> set[str]:
     doc = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
-    assert len(exprs) == len(doc["panels"]) >= 10
+    assert len(doc["panels"]) >= 10 and all(p.get("targets") for p in doc["panels"])
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
     return {name for e in exprs for name in re.findall(r"\bflame_[a-z0-9_]+", e)}
 
 
@@ -68,6 +68,7 @@ def scrape(tmp_path_factory):
             )
             assert r.status_code == 200
         assert client.post("/predict/mortality", json={"modalities": {}}).status_code == 422
+        client.app.state.audit_writer.flush()  # type: ignore[attr-defined]
         r = client.get("/metrics")
     engine.dispose()
     assert r.status_code == 200
@@ -79,7 +80,11 @@ def test_every_dashboard_metric_is_exposed(scrape):
     assert {
         "flame_http_requests_total",
         "flame_predict_duration_seconds_bucket",
-        "flame_jobs_total",
+        "flame_jobs_finished_total",
+        "flame_job_duration_seconds_bucket",
+        "flame_predict_queue_depth_bucket",
+        "flame_registry_active_info",
+        "flame_audit_rows_total",
     } <= wanted
     missing = sorted(wanted - families(scrape))
     assert not missing, f"dashboard queries metrics /metrics does not expose: {missing}"
@@ -96,4 +101,9 @@ def test_traffic_is_counted_with_bounded_labels(scrape):
     assert re.search(r'flame_expert_selections_total\{expert="[0-3]",modality="vitals"\} [1-9]', scrape)
     assert re.search(r'flame_predict_batch_size_bucket\{le="2.0"\} [1-9]', scrape)
     assert re.search(r'flame_model_info\{version="v\d+"\} 1.0', scrape)
+    assert re.search(r'flame_registry_active_info\{version="v1"\} 1.0', scrape)  # read from the registry
+    assert 'flame_jobs_finished_total{kind="stage",state="failed"} 0.0' in scrape  # exists before any job
+    assert re.search(r"flame_predict_queue_depth_count [1-9]", scrape)  # every request's depth is seen
+    assert re.search(r'flame_audit_rows_total\{outcome="written"\} [1-9]', scrape)
+    assert 'flame_predict_rejected_total{reason="deadline",task="acuity"} 0.0' in scrape  # at 0 from the load
     assert "secret-request-id" not in scrape  # ids never become labels

@@ -8,17 +8,23 @@ import hashlib
 import json
 
 import torch
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 from service.artifacts import LocalArtifactStore
 from service.registry import service as registry
+from service.registry_metrics import RegistryCollector
 from service.versioning import load_version, version_files
 
 from .conftest import LOS, drain, host_outputs, register_pretrained, stage_request
 
 
-def _rejected() -> float:
-    return REGISTRY.get_sample_value("flame_model_promotions_total", {"outcome": "rejected"}) or 0.0
+def _rejected(session_factory) -> float:  # type: ignore[no-untyped-def]
+    """What /metrics says, read from the registry as every scrape target reads it."""
+    metrics = CollectorRegistry(auto_describe=False)
+    metrics.register(RegistryCollector(session_factory))
+    value = metrics.get_sample_value("flame_model_promotions_total", {"outcome": "rejected"})
+    assert value is not None  # the series exists from the start, at 0
+    return value
 
 
 def _run(client, body) -> dict:  # type: ignore[no-untyped-def]
@@ -66,13 +72,13 @@ def test_changed_earlier_outputs_keep_the_version_candidate(client, session_fact
             {**e, "sha256": store.put_bytes(weights), "size": len(weights)} if e["role"] == "weights" else e
             for e in row.manifest
         ]
-    before = _rejected()
+    before = _rejected(session_factory)
     job = _run(client, stage_request(client, icu, LOS))
     assert job["state"] == "succeeded" and job["result_version"] == "v2", job
     promotion = job["promotion"]
     assert promotion["promoted"] is False and promotion["status"] == "candidate"
     assert promotion["checked"] == {"mortality": "changed"} and "'mortality'" in promotion["reason"]
-    assert _rejected() == before + 1
+    assert _rejected(session_factory) == before + 1
     with session_factory() as s:
         assert registry.get_version(session=s, version="v2").status == "candidate"
         assert registry.list_aliases(session=s) == {"active": v1_gated}
@@ -82,13 +88,13 @@ def test_changed_earlier_outputs_keep_the_version_candidate(client, session_fact
 
 
 def test_min_metric_above_what_the_stage_reaches_keeps_it_candidate(client, session_factory, v1_gated, icu):  # type: ignore[no-untyped-def]
-    before = _rejected()
+    before = _rejected(session_factory)
     job = _run(client, stage_request(client, icu, LOS, min_metric={"auroc": 1.0}))
     assert job["state"] == "succeeded" and job["metrics"]["tasks"]["los"]["auroc"] < 1.0, job
     promotion = job["promotion"]
     assert promotion["promoted"] is False and promotion["checked"] == {"mortality": "identical"}
     assert "'los': auroc" in promotion["reason"] and "below min_metric 1.0" in promotion["reason"]
-    assert _rejected() == before + 1
+    assert _rejected(session_factory) == before + 1
     with session_factory() as s:
         assert registry.get_version(session=s, version=job["result_version"]).status == "candidate"
         assert registry.resolve_alias(session=s).id == v1_gated
