@@ -14,6 +14,13 @@ install:
 install-system:
 	# docker-compose (Debian's, without recommends: no Docker engine) lets the tests check docker-compose.yml.
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
+	# Debian's prometheus and promtool, for tests/service/test_prometheus.py (which starts its own on a
+	# free port). A policy-rc.d that says 101 keeps apt from starting the package's daemon on :9090.
+	command -v promtool >/dev/null || ( \
+	  made=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; }; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; rc=$$?; \
+	  [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc)
+	systemctl disable --now prometheus >/dev/null 2>&1 || true  # where systemd runs it anyway
 
 serve: install
 	flame serve
