@@ -37,19 +37,23 @@ def register(
 ) -> None:
     """Verify a checkpoint (config.json + model.safetensors) and register it as a root version."""
     from flame_core.verify import CheckpointInvalid
-    from service.artifacts import LocalArtifactStore
+    from service.artifact_stores import StoreUnavailable, open_store
     from service.db import session_scope
     from service.registry.checkpoints import register_checkpoint
     from service.registry.errors import DomainError
     from service.settings import get_settings
 
     settings = get_settings()
+    try:
+        store = open_store(settings)
+    except StoreUnavailable as e:
+        raise fail(str(e)) from None
     engine, factory = open_registry(settings)
     try:
         with session_scope(factory) as session:
             done = register_checkpoint(
                 session=session,
-                store=LocalArtifactStore(settings.artifact_root),
+                store=store,
                 directory=run_dir,
                 moved_by=_caller(),
                 activate=activate,

@@ -16,14 +16,18 @@ run it to an end (another worker holds it, or it was handed back to the queue).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from service.artifacts_s3 import StoreUnavailable
 from service.jobs.queue import TASK_NAME
 from service.settings import get_settings
+
+if TYPE_CHECKING:
+    from service.artifacts import ArtifactStore
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
@@ -46,23 +50,24 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int | None = None) -> C
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600,
     )
-    # throws: a failed job is an expected outcome, logged without a traceback (run_stage logged it).
-    celery.task(name=TASK_NAME, bind=True, ignore_result=False, throws=(StageFailed,))(run_stage_task)
+    # throws: a failed job is an expected outcome, logged without a traceback (run_stage logged it);
+    # so is an unusable artifact store, whose one-line message says what to fix.
+    celery.task(name=TASK_NAME, bind=True, ignore_result=False, throws=(StageFailed, StoreUnavailable))(
+        run_stage_task
+    )
     return celery
 
 
 def run_stage_task(self: Task, job_id: str) -> str | None:
     """Thin shim: ids in, the plain idempotent function does the work; the job row says how it ended."""
-    from service.artifacts import LocalArtifactStore
     from service.db import get_engine, make_session_factory, session_scope
     from service.jobs.stage import run_stage
     from service.registry import service as registry
 
     settings = get_settings()
+    store = worker_store()  # before the claim: an unusable bucket leaves the job queued, untouched
     factory = make_session_factory(get_engine(settings.database_url))
-    run_stage(
-        job_id, session_factory=factory, store=LocalArtifactStore(settings.artifact_root), settings=settings
-    )
+    run_stage(job_id, session_factory=factory, store=store, settings=settings)
     with session_scope(factory, write=False) as session:
         job = registry.get_job(session=session, job_id=job_id)
         state, error, version = job.state, job.error, job.result_version
@@ -73,6 +78,14 @@ def run_stage_task(self: Task, job_id: str) -> str | None:
     if state == "cancelled":
         self.backend.mark_as_revoked(self.request.id, reason="job cancelled", request=self.request)
     raise Ignore()
+
+
+@lru_cache(maxsize=1)
+def worker_store() -> ArtifactStore:
+    """This worker process's artifact store, its bucket checked once (StoreUnavailable: one line)."""
+    from service.artifact_stores import open_store
+
+    return open_store(get_settings())
 
 
 @lru_cache(maxsize=4)
