@@ -12,10 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from service.artifact_stores import StoreUnavailable, build_store, open_store
-from service.artifacts import LocalArtifactStore
+from service.artifact_stores import StoreUnavailable, open_store
 from service.artifacts_s3 import S3ArtifactStore
 from service.registry.errors import ArtifactCorrupt, ArtifactNotFound
 from service.settings import Settings
@@ -111,44 +109,6 @@ def test_a_corrupted_object_is_refused_by_its_digest_and_never_cached(s3_bucket,
         assert not reader.cache.exists(digest)
     assert blobs(reader.cache.root) == [] and list((reader.cache.root / ".tmp").iterdir()) == []
     assert reader.exists(digest)  # the object is there; it is its bytes that are refused
-
-
-def test_the_factory_picks_the_store_from_one_setting(tmp_path):
-    local = build_store(Settings(home=tmp_path, database_url="sqlite://"))
-    assert isinstance(local, LocalArtifactStore) and local.root == tmp_path / "artifacts"
-    settings = Settings(home=tmp_path, database_url="sqlite://", artifact_url="s3://models/flame/prod/")
-    assert settings.artifact_cache == tmp_path / "artifact-cache"
-    s3 = build_store(settings)
-    assert isinstance(s3, S3ArtifactStore)
-    assert (s3.bucket, s3.prefix, s3.cache.root) == ("models", "flame/prod", tmp_path / "artifact-cache")
-    assert s3.key("ab" + "c" * 62) == "flame/prod/ab/" + "c" * 62
-    bare = build_store(Settings(home=tmp_path, artifact_url="s3://models", artifact_cache=tmp_path / "c"))
-    assert isinstance(bare, S3ArtifactStore) and bare.key("ab" + "c" * 62) == "ab/" + "c" * 62
-    assert bare.cache.root == tmp_path / "c"
-    assert Settings(home=tmp_path, artifact_url="").artifact_url is None  # blank: the local default
-
-
-@pytest.mark.parametrize("url", ["http://bucket/x", "s3://", "s3://Upper/x", "s3://ab", "bucket/prefix"])
-def test_a_bad_artifact_url_names_the_variable(url, tmp_path):
-    with pytest.raises(ValidationError, match="FLAME_ARTIFACT_URL must be s3://bucket"):
-        Settings(home=tmp_path, artifact_url=url)
-
-
-def test_a_missing_bucket_or_endpoint_is_one_clear_line(s3_bucket, s3_endpoint, tmp_path, monkeypatch):  # noqa: F811
-    settings = Settings(home=tmp_path, artifact_url=f"s3://{s3_bucket}-missing/p")
-    with pytest.raises(StoreUnavailable) as e:
-        open_store(settings)
-    message = str(e.value)
-    assert f"bucket '{s3_bucket}-missing' at {s3_endpoint} does not exist" in message
-    assert "FLAME_ARTIFACT_URL" in message and "\n" not in message
-    assert isinstance(open_store(Settings(home=tmp_path, artifact_url=f"s3://{s3_bucket}")), S3ArtifactStore)
-
-    closed = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
-    with pytest.raises(StoreUnavailable) as e:
-        open_store(Settings(home=tmp_path, artifact_url=f"s3://{s3_bucket}"))
-    assert f"cannot reach the artifact bucket '{s3_bucket}' at {closed}" in str(e.value)
-    assert "check AWS_ENDPOINT_URL" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_no_or_bad_credentials_are_one_clear_line(s3_bucket, s3_endpoint, tmp_path, monkeypatch):  # noqa: F811
