@@ -15,6 +15,7 @@ run it to an end (another worker holds it, or it was handed back to the queue).
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from service.artifacts import ArtifactStore
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+STORE_RETRY_S = 30  # a job that arrives while the artifact bucket is unusable waits this long, then again
+log = logging.getLogger("flame.worker")
 
 
 class StageFailed(Exception):
@@ -50,11 +53,8 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int | None = None) -> C
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600,
     )
-    # throws: a failed job is an expected outcome, logged without a traceback (run_stage logged it);
-    # so is an unusable artifact store, whose one-line message says what to fix.
-    celery.task(name=TASK_NAME, bind=True, ignore_result=False, throws=(StageFailed, StoreUnavailable))(
-        run_stage_task
-    )
+    # throws: a failed job is an expected outcome, logged without a traceback (run_stage logged it).
+    celery.task(name=TASK_NAME, bind=True, ignore_result=False, throws=(StageFailed,))(run_stage_task)
     return celery
 
 
@@ -65,7 +65,11 @@ def run_stage_task(self: Task, job_id: str) -> str | None:
     from service.registry import service as registry
 
     settings = get_settings()
-    store = worker_store()  # before the claim: an unusable bucket leaves the job queued, untouched
+    try:
+        store = worker_store()
+    except StoreUnavailable as e:  # before the claim: the job stays queued, and is tried again later
+        log.error("%s; job %s stays queued, next try in %d s", e, job_id, STORE_RETRY_S)
+        raise self.retry(countdown=STORE_RETRY_S, max_retries=None) from None
     factory = make_session_factory(get_engine(settings.database_url))
     run_stage(job_id, session_factory=factory, store=store, settings=settings)
     with session_scope(factory, write=False) as session:
