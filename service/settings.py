@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -167,6 +167,16 @@ class Settings(BaseSettings):
     @property
     def job_reap_interval_s(self) -> float:
         return self.job_heartbeat_timeout_s / 2
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """A settings error as one line that names each variable to fix (FLAME_<FIELD>)."""
+    parts = []
+    for err in error.errors():
+        name = "FLAME_" + "_".join(str(x) for x in err["loc"]).upper() if err["loc"] else ""
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(message if not name or name in message else f"{name}: {message}")
+    return "invalid setting: " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

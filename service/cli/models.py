@@ -44,12 +44,9 @@ def register(
     from service.settings import get_settings
 
     settings = get_settings()
+    engine, factory = open_registry(settings)  # no registry: one line, and nothing created
     try:
         store = open_store(settings)
-    except StoreUnavailable as e:
-        raise fail(str(e)) from None
-    engine, factory = open_registry(settings)
-    try:
         with session_scope(factory) as session:
             done = register_checkpoint(
                 session=session,
@@ -60,7 +57,7 @@ def register(
                 note=note,
                 rank_budget=settings.capacity_rank_budget,
             )
-    except (CheckpointInvalid, DomainError) as e:
+    except (CheckpointInvalid, DomainError, StoreUnavailable) as e:
         raise fail(str(e)) from None
     finally:
         engine.dispose()

@@ -107,3 +107,12 @@ def test_every_command_that_uses_the_store_stops_with_one_line(s3_bucket, s3_end
     assert f"cannot reach the artifact bucket '{s3_bucket}-gone' at {closed}" in r.stderr
     assert "check AWS_ENDPOINT_URL" in r.stderr
     assert not (tmp_path / "home" / "artifacts").exists()  # nothing fell back to a local store
+
+
+def test_a_bad_artifact_url_stops_a_command_with_one_line(tmp_path):
+    r = flame("models", "list", cwd=tmp_path, env={"FLAME_ARTIFACT_URL": "https://bucket.example.com/x"})
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.strip() == (
+        "error: invalid setting: FLAME_ARTIFACT_URL must be s3://bucket or s3://bucket/prefix (bucket: "
+        "3-63 lowercase letters, digits, dots or hyphens), got 'https://bucket.example.com/x'"
+    )
