@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from service.artifacts import LocalArtifactStore
+from service.artifact_stores import open_store
 from service.auth.cache import KeyCache
 from service.auth.router import router as keys_router
 from service.datasets.router import router as datasets_router
@@ -150,11 +150,12 @@ def _start_jobs(app: FastAPI, settings: Settings) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    store = await run_in_threadpool(open_store, settings)  # StoreUnavailable: the api refuses to start
     engine = make_engine(settings.database_url)
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     app.state.registry_metrics = RegistryCollector(app.state.session_factory)
-    app.state.store = LocalArtifactStore(settings.artifact_root)
+    app.state.store = store
     app.state.key_cache = KeyCache(
         ttl_s=settings.auth_cache_ttl_s, outage_grace_s=settings.auth_outage_grace_s
     )

@@ -44,7 +44,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 @runtime_checkable
 class ArtifactStore(Protocol):
-    """What the registry and the model host need from storage; a local directory implements it."""
+    """What the registry and the model host need from storage: a local directory (here) or an
+    S3-compatible bucket with a local cache (service/artifacts_s3.py); service/artifact_stores.py
+    builds the configured one."""
 
     def put_bytes(self, data: bytes) -> str: ...
 
@@ -92,12 +94,25 @@ class LocalArtifactStore:
         src = Path(path)
         if not src.is_file():
             raise ValueError(f"put_file: {str(src)!r} is not a file")
+        with open(src, "rb") as source:
+            return self.put_stream(source)
+
+    def put_stream(self, source: BinaryIO, *, expect: str | None = None, origin: str = "") -> str:
+        """Copy a readable stream in, hashing while copying. With `expect` (a digest), bytes that
+        hash to anything else raise ArtifactCorrupt and are never committed (a download's check)."""
+        if expect is not None:
+            check_digest(expect)
         h = hashlib.sha256()
-        with self._temp_file() as (f, tmp), open(src, "rb") as source:
+        with self._temp_file() as (f, tmp):
             while chunk := source.read(_CHUNK):
                 h.update(chunk)
                 f.write(chunk)
             digest = h.hexdigest()
+            if expect is not None and digest != expect:
+                where = origin or "its source"
+                raise ArtifactCorrupt(
+                    f"artifact {expect} in {where} does not match its sha256 (got {digest})"
+                )
             if not self.exists(digest):
                 self._commit(f, tmp, digest)
         return digest

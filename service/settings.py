@@ -12,10 +12,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -39,6 +40,11 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: sqlite:///<home>/registry.db
     redis_url: str | None = None  # unset: jobs run on an in-process queue
     artifact_root: Path = Path()  # default: <home>/artifacts
+    # s3://bucket/prefix: artifacts in an S3-compatible bucket (endpoint, region and credentials from
+    # AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), read through this
+    # host's cache in artifact_cache; unset: the local folder artifact_root (service/artifact_stores.py)
+    artifact_url: str | None = None
+    artifact_cache: Path = Path()  # default: <home>/artifact-cache
     # `flame bootstrap` (and `flame serve` on an empty SQLite registry) registers this directory, as
     # written by `flame train` or `flame continual`, instead of training the demo model
     bootstrap_model_dir: Path | None = None
@@ -112,6 +118,8 @@ class Settings(BaseSettings):
             data["database_url"] = f"sqlite:///{home / 'registry.db'}"
         if not data.get("artifact_root"):
             data["artifact_root"] = home / "artifacts"
+        if not data.get("artifact_cache"):
+            data["artifact_cache"] = home / "artifact-cache"
         if not data.get("bootstrap_model_dir"):
             data["bootstrap_model_dir"] = None
         return data
@@ -122,6 +130,19 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError(f"database_url must be a sqlite:// or postgresql:// URL, got {value!r}")
         return value
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _check_artifact_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        bucket = value.removeprefix("s3://").partition("/")[0]
+        if not value.startswith("s3://") or not _BUCKET.match(bucket) or ".." in bucket:
+            raise ValueError(
+                f"FLAME_ARTIFACT_URL must be s3://bucket or s3://bucket/prefix (bucket: 3-63 lowercase "
+                f"letters, digits, dots or hyphens), got {value!r}"
+            )
+        return value.rstrip("/")
 
     @field_validator("redis_url")
     @classmethod
@@ -149,6 +170,16 @@ class Settings(BaseSettings):
     @property
     def job_reap_interval_s(self) -> float:
         return self.job_heartbeat_timeout_s / 2
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """A settings error as one line that names each variable to fix (FLAME_<FIELD>)."""
+    parts = []
+    for err in error.errors():
+        name = "FLAME_" + "_".join(str(x) for x in err["loc"]).upper() if err["loc"] else ""
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(message if not name or name in message else f"{name}: {message}")
+    return "invalid setting: " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,22 @@ from service.cli import analyze, bootstrap, continual, data, keys, models, serve
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FLAME: train, evaluate and serve.")
 app.add_typer(data.app, name="data")
 app.add_typer(analyze.app, name="analyze")
+
+
+@app.callback()
+def _settings_first() -> None:
+    """Every command reads the FLAME_* settings first: a bad one is one line and exit 2."""
+    from pydantic import ValidationError
+
+    from service.cli.registry import fail
+    from service.settings import describe_invalid, get_settings
+
+    try:
+        get_settings()
+    except ValidationError as e:
+        raise fail(describe_invalid(e)) from None
+
+
 app.command("train")(train.train_command)
 app.command("evaluate")(train.evaluate_command)
 app.command("continual")(continual.continual_command)

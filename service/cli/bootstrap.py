@@ -31,7 +31,7 @@ def bootstrap(
     """Migrate; register `model_dir` (default: settings.bootstrap_model_dir; `demo` forces the demo
     model) if nothing is active; mint an admin key if there is no key at all.
     Returns (version registered or None, admin token or None)."""
-    from service.artifacts import LocalArtifactStore
+    from service.artifact_stores import open_store
     from service.auth.service import any_api_key, create_api_key
     from service.cli.serve import (
         DEMO_EPOCHS,
@@ -48,10 +48,10 @@ def bootstrap(
     model_dir = None if demo else (model_dir or settings.bootstrap_model_dir)
     if model_dir is not None:
         checkpoint_dir(model_dir)  # a wrong path fails before anything is created
+    store = open_store(settings)  # an unusable bucket stops here, before the registry is touched
     run_migrations(settings.database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    store = LocalArtifactStore(settings.artifact_root)
     registered = token = None
     try:
         with factory() as session:
@@ -109,6 +109,7 @@ def bootstrap_command(
     """Migrate the registry, register a model if none is active and mint the first admin key;
     running it again changes nothing. Default model: FLAME_BOOTSTRAP_MODEL_DIR, else the demo."""
     from flame_core.verify import CheckpointInvalid
+    from service.artifact_stores import StoreUnavailable
     from service.cli.serve import TOKEN_FILE, show_token_once
     from service.registry.errors import DomainError
     from service.settings import get_settings
@@ -118,7 +119,7 @@ def bootstrap_command(
     settings = get_settings()
     try:
         registered, token = bootstrap(settings, demo=demo, model_dir=model_dir)
-    except (CheckpointInvalid, DomainError) as e:
+    except (CheckpointInvalid, DomainError, StoreUnavailable) as e:
         raise fail(str(e)) from None
     if token is not None:
         show_token_once(token, settings.home / TOKEN_FILE)

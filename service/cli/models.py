@@ -37,26 +37,27 @@ def register(
 ) -> None:
     """Verify a checkpoint (config.json + model.safetensors) and register it as a root version."""
     from flame_core.verify import CheckpointInvalid
-    from service.artifacts import LocalArtifactStore
+    from service.artifact_stores import StoreUnavailable, open_store
     from service.db import session_scope
     from service.registry.checkpoints import register_checkpoint
     from service.registry.errors import DomainError
     from service.settings import get_settings
 
     settings = get_settings()
-    engine, factory = open_registry(settings)
+    engine, factory = open_registry(settings)  # no registry: one line, and nothing created
     try:
+        store = open_store(settings)
         with session_scope(factory) as session:
             done = register_checkpoint(
                 session=session,
-                store=LocalArtifactStore(settings.artifact_root),
+                store=store,
                 directory=run_dir,
                 moved_by=_caller(),
                 activate=activate,
                 note=note,
                 rank_budget=settings.capacity_rank_budget,
             )
-    except (CheckpointInvalid, DomainError) as e:
+    except (CheckpointInvalid, DomainError, StoreUnavailable) as e:
         raise fail(str(e)) from None
     finally:
         engine.dispose()

@@ -143,10 +143,11 @@ def serve_command(
     ] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Run the HTTP API (uvicorn) on the configured database, artifact root and device."""
+    """Run the HTTP API (uvicorn) on the configured database, artifact store and device."""
     import uvicorn
 
     from flame_core.verify import CheckpointInvalid
+    from service.artifact_stores import StoreUnavailable, open_store
     from service.cli.bootstrap import bootstrap
     from service.cli.registry import fail
     from service.observability import prepare_multiprocess_dir
@@ -154,12 +155,16 @@ def serve_command(
     from service.settings import get_settings
 
     settings = get_settings()
+    try:
+        open_store(settings)  # the api would refuse to start: say why in one line, not a traceback
+    except StoreUnavailable as e:
+        raise fail(str(e)) from None
     if bootstrap_demo is None:
         bootstrap_demo = settings.database_url.startswith("sqlite")
     if bootstrap_demo:
         try:
             _, token = bootstrap(settings)
-        except (CheckpointInvalid, DomainError) as e:
+        except (CheckpointInvalid, DomainError, StoreUnavailable) as e:
             raise fail(str(e)) from None
         if token is not None:
             show_token_once(token, settings.home / TOKEN_FILE)

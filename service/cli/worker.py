@@ -13,8 +13,9 @@ def worker_command(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
     """Consume `flame.run_stage` jobs from Redis (FLAME_REDIS_URL); needs FLAME_DATABASE_URL and
-    FLAME_ARTIFACT_ROOT to match the API's. Serves /metrics and /healthz on FLAME_WORKER_METRICS_PORT
-    (default 9808, 0 = off)."""
+    the artifact store (FLAME_ARTIFACT_URL, or a FLAME_ARTIFACT_ROOT shared with the API) to match
+    the API's. Serves /metrics and /healthz on FLAME_WORKER_METRICS_PORT (default 9808, 0 = off)."""
+    from service.artifact_stores import StoreUnavailable, open_store
     from service.cli.registry import fail, registry_problem
     from service.jobs.celery_app import app
     from service.runtime import apply_training_threads
@@ -26,5 +27,9 @@ def worker_command(
     problem = registry_problem(settings.database_url)
     if problem is not None:
         raise fail(problem)
+    try:
+        open_store(settings)  # the bucket, once, before Celery starts (each pool process opens its own)
+    except StoreUnavailable as e:
+        raise fail(str(e)) from None
     apply_training_threads()  # the solo and threads pools run jobs here; prefork children set it again
     app.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"])

@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from service.artifacts_s3 import StoreUnavailable
 from service.jobs.queue import TASK_NAME
 from service.settings import get_settings
 
+if TYPE_CHECKING:
+    from service.artifacts import ArtifactStore
+
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+STORE_RETRY_S = 30  # a job that arrives while the artifact bucket is unusable waits this long, then again
+log = logging.getLogger("flame.worker")
 
 
 class StageFailed(Exception):
@@ -54,16 +60,18 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int | None = None) -> C
 
 def run_stage_task(self: Task, job_id: str) -> str | None:
     """Thin shim: ids in, the plain idempotent function does the work; the job row says how it ended."""
-    from service.artifacts import LocalArtifactStore
     from service.db import get_engine, make_session_factory, session_scope
     from service.jobs.stage import run_stage
     from service.registry import service as registry
 
     settings = get_settings()
+    try:
+        store = worker_store()
+    except StoreUnavailable as e:  # before the claim: the job stays queued, and is tried again later
+        log.error("%s; job %s stays queued, next try in %d s", e, job_id, STORE_RETRY_S)
+        raise self.retry(countdown=STORE_RETRY_S, max_retries=None) from None
     factory = make_session_factory(get_engine(settings.database_url))
-    run_stage(
-        job_id, session_factory=factory, store=LocalArtifactStore(settings.artifact_root), settings=settings
-    )
+    run_stage(job_id, session_factory=factory, store=store, settings=settings)
     with session_scope(factory, write=False) as session:
         job = registry.get_job(session=session, job_id=job_id)
         state, error, version = job.state, job.error, job.result_version
@@ -74,6 +82,14 @@ def run_stage_task(self: Task, job_id: str) -> str | None:
     if state == "cancelled":
         self.backend.mark_as_revoked(self.request.id, reason="job cancelled", request=self.request)
     raise Ignore()
+
+
+@lru_cache(maxsize=1)
+def worker_store() -> ArtifactStore:
+    """This worker process's artifact store, its bucket checked once (StoreUnavailable: one line)."""
+    from service.artifact_stores import open_store
+
+    return open_store(get_settings())
 
 
 @lru_cache(maxsize=4)

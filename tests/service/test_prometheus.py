@@ -38,7 +38,7 @@ from .jobs.conftest import LOS, icu, only_labels, pretrained, register_pretraine
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "flame.json"
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
-REDIS_URL = os.environ.get("FLAME_TEST_PROMETHEUS_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_URL = os.environ.get("FLAME_TEST_PROMETHEUS_REDIS_URL", "redis://127.0.0.1:6379/10")
 INSTALL = "install Debian's `prometheus` package (`make install-system`)"
 
 
