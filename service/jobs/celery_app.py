@@ -76,15 +76,6 @@ def run_stage_task(self: Task, job_id: str) -> str | None:
     raise Ignore()
 
 
-@lru_cache(maxsize=4)
-def celery_for(redis_url: str) -> Celery:
-    """A producer app per broker URL (the API enqueues by task name)."""
-    return make_celery(redis_url)
-
-
-_reapers: list[Any] = []
-
-
 @setup_logging.connect(weak=False)
 def _json_logs(loglevel: int | str | None = None, **_: Any) -> None:
     """Celery's lines in the service's JSON format: a receiver here means Celery installs no
@@ -103,6 +94,15 @@ def _quiet_start(instance: Any = None, **_: Any) -> None:
     configure_logging(get_settings().log_level)
     if instance is not None:
         instance.quiet = True
+
+
+@lru_cache(maxsize=4)
+def celery_for(redis_url: str) -> Celery:
+    """A producer app per broker URL (the API enqueues by task name)."""
+    return make_celery(redis_url)
+
+
+_reapers: list[Any] = []
 
 
 @worker_process_init.connect(weak=False)
