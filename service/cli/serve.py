@@ -156,7 +156,6 @@ def serve_command(
     from service.settings import get_settings
 
     settings = get_settings()
-    configure_logging(settings.log_level)  # this process's lines too (with --workers N, the supervisor's)
     if bootstrap_demo is None:
         bootstrap_demo = settings.database_url.startswith("sqlite")
     if bootstrap_demo:
@@ -166,6 +165,7 @@ def serve_command(
             raise fail(str(e)) from None
         if token is not None:
             show_token_once(token, settings.home / TOKEN_FILE)
+    configure_logging(settings.log_level)  # this process's lines too (with --workers N, the supervisor's)
     if workers > 1:
         # every worker writes its metrics to files here; /metrics in any worker sums them all
         prepare_multiprocess_dir(settings.home / f"metrics-{port}")

@@ -76,26 +76,6 @@ def run_stage_task(self: Task, job_id: str) -> str | None:
     raise Ignore()
 
 
-@setup_logging.connect(weak=False)
-def _json_logs(loglevel: int | str | None = None, **_: Any) -> None:
-    """Celery's lines in the service's JSON format: a receiver here means Celery installs no
-    handlers or formats of its own (`flame worker` and `celery -A service.jobs.celery_app worker`)."""
-    from service.logs import configure_logging
-
-    configure_logging(loglevel or get_settings().log_level)
-
-
-@celeryd_init.connect(weak=False)
-def _quiet_start(instance: Any = None, **_: Any) -> None:
-    """JSON from the worker's first line (its start-up warnings come before `setup_logging`); no
-    banner, free text printed to stdout: the worker logs `<name> ready.` instead."""
-    from service.logs import configure_logging
-
-    configure_logging(get_settings().log_level)
-    if instance is not None:
-        instance.quiet = True
-
-
 @lru_cache(maxsize=4)
 def celery_for(redis_url: str) -> Celery:
     """A producer app per broker URL (the API enqueues by task name)."""
@@ -136,3 +116,24 @@ def _stop_reaper(**_: Any) -> None:
 
 
 app = make_celery(get_settings().redis_url or DEFAULT_BROKER)
+
+
+# Logging: connected at import, like the receivers above, before any worker starts.
+@setup_logging.connect(weak=False)
+def _json_logs(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery's lines in the service's JSON format: a receiver here means Celery installs no
+    handlers or formats of its own (`flame worker` and `celery -A service.jobs.celery_app worker`)."""
+    from service.logs import configure_logging
+
+    configure_logging(loglevel or get_settings().log_level)
+
+
+@celeryd_init.connect(weak=False)
+def _quiet_start(instance: Any = None, **_: Any) -> None:
+    """JSON from the worker's first line (its start-up warnings come before `setup_logging`); no
+    banner, free text printed to stdout: the worker logs `<name> ready.` instead."""
+    from service.logs import configure_logging
+
+    configure_logging(get_settings().log_level)
+    if instance is not None:
+        instance.quiet = True
