@@ -61,7 +61,8 @@ class JsonFormatter(_LibraryJsonFormatter):
 
 
 def configure_logging(level: str | int = "INFO") -> None:
-    """JSON lines on stderr for every logger (idempotent: one handler however often it is called).
+    """JSON lines on stderr for every logger (idempotent: one handler however often it is called),
+    at `level` for FLAME's loggers and at least INFO for the others.
 
     Handlers other libraries put on the root logger stay (pytest's capture, for one); uvicorn's own
     handlers go, so its lines propagate to ours, and its access logger is silenced."""
@@ -74,7 +75,13 @@ def configure_logging(level: str | int = "INFO") -> None:
         root.addHandler(handler)
     elif isinstance(handler, logging.StreamHandler):
         handler.setStream(sys.stderr)  # the current stderr (a test runner may have swapped it)
-    root.setLevel(level)
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r} (FLAME_LOG_LEVEL)")
+    # DEBUG is for our own loggers: a library's debug lines (an HTTP client's) may carry request bodies
+    root.setLevel(max(numeric, logging.INFO))
+    for name in ("flame", "service"):
+        logging.getLogger(name).setLevel(numeric)
     logging.captureWarnings(True)  # Python warnings (a library's, Celery's) as JSON lines too
     for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)

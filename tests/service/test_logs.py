@@ -24,7 +24,7 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from service.logs import JsonFormatter
+from service.logs import JsonFormatter, configure_logging
 
 from .conftest import PG_URL
 
@@ -98,6 +98,27 @@ def test_the_formatter_keeps_whitelisted_fields_and_names_exceptions_without_tra
     assert doc["message"] == "request done" and doc["level"] == "ERROR" and doc["logger"] == "flame.access"
     assert doc["route"] == "/predict/{task}" and doc["status"] == 500 and doc["exc_type"] == "ValueError"
     assert doc["time"].endswith("Z") and "payload" not in doc and MARKER not in line and "\n" not in line
+
+
+def test_debug_is_for_our_loggers_only() -> None:
+    root, ours = logging.getLogger(), logging.getLogger("flame")
+    saved = root.level, ours.level
+    try:
+        configure_logging("DEBUG")
+        assert ours.isEnabledFor(logging.DEBUG) and logging.getLogger("service.jobs").isEnabledFor(
+            logging.DEBUG
+        )
+        assert not logging.getLogger("botocore").isEnabledFor(logging.DEBUG)
+        configure_logging("WARNING")
+        assert not ours.isEnabledFor(logging.INFO) and not logging.getLogger("celery").isEnabledFor(
+            logging.INFO
+        )
+        with pytest.raises(ValueError, match="FLAME_LOG_LEVEL"):
+            configure_logging("LOUD")
+    finally:
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+        logging.getLogger("service").setLevel(logging.NOTSET)
 
 
 def test_alembic_upgrade_logs_json(migrated: tuple[str, str]) -> None:
