@@ -1,17 +1,23 @@
-"""Alembic environment: the URL comes from `-x url=...` or the service settings, never from alembic.ini."""
+"""Alembic environment: the URL comes from `-x url=...` or the service settings, never from alembic.ini;
+so do the logs (the service's JSON lines, service/logs.py, at FLAME_LOG_LEVEL), not alembic.ini's formats."""
 
 from __future__ import annotations
-
-from logging.config import fileConfig
 
 from alembic import context
 
 from service.db import load_models, make_engine
+from service.logs import configure_logging
 from service.settings import get_settings
 
-config = context.config
-if config.config_file_name is not None:
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+def _log_level() -> str:
+    try:
+        return get_settings().log_level
+    except ValueError:  # a bad FLAME_* setting is reported where it matters (the URL, the service)
+        return "INFO"
+
+
+configure_logging(_log_level())
 target_metadata = load_models()
 
 

@@ -42,9 +42,9 @@ from service.jobs.reaper import Reaper
 from service.jobs.router import router as jobs_router
 from service.jobs.scoring_routes import router as scoring_router
 from service.limits import ContentTypeMiddleware
+from service.logs import configure_logging
 from service.observability import (
     ObservabilityMiddleware,
-    configure_logging,
     render_metrics,
     worker_exiting,
 )

@@ -1,21 +1,20 @@
-"""Metrics, request ids and JSON logs (docs/design.md s7).
+"""Metrics, request ids and the access log line (docs/design.md s7).
 
 Every metric carries the `flame_` prefix, base units and bounded labels (route templates, task and
 modality names the model declares, expert indices; never ids or payloads). With
 `PROMETHEUS_MULTIPROC_DIR` set (several uvicorn/gunicorn workers), `/metrics` aggregates every
-process's files through prometheus-client's multiprocess collector. Logs are one JSON object per
-line and never hold payloads: only who, which route/task/version, which modalities, how long.
+process's files through prometheus-client's multiprocess collector. Logs (service/logs.py) are one
+JSON object per line and never hold payloads: only who, which route/task/version, which modalities,
+how long; each request is one access line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +34,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import internal_error
+from service.logs import LOG_FIELDS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -187,52 +187,6 @@ def set_model_version(version: str, previous: str | None, tasks: Iterable[str] =
     MODEL_INFO.labels(version=version).set(1)
 
 
-# ---- logs --------------------------------------------------------------------------------------
-_LOG_FIELDS = (
-    "request_id",
-    "route",
-    "method",
-    "status",
-    "latency_ms",
-    "task",
-    "version",
-    "instances",
-    "modalities_present",
-    "modalities_missing",
-    "caller",
-)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the whitelisted extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for f in _LOG_FIELDS:
-            if hasattr(record, f):
-                doc[f] = getattr(record, f)
-        if record.exc_info:
-            doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(doc, default=str)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr for the `flame` loggers (idempotent: one handler however many apps)."""
-    logger = logging.getLogger("flame")
-    logger.setLevel(level)
-    if not any(getattr(h, "_flame_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler._flame_json = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 access_log = logging.getLogger("flame.access")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -288,10 +242,11 @@ class ObservabilityMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        error: Exception | None = None
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the connection stays sane
-            access_log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+            error = exc  # named in the request's one access line, below
             if status.get("started"):
                 return  # the body was under way: nothing more can be said on this response
             await internal_error()(scope, receive, send_wrapper)
@@ -303,9 +258,11 @@ class ObservabilityMiddleware:
             method = method if method in HTTP_METHODS else "other"  # a label set no client can grow
             HTTP_REQUESTS.labels(route=route, method=method, status=str(status["code"])).inc()
             HTTP_DURATION.labels(route=route, method=method).observe(elapsed)
-            extra = {k: v for k, v in state.get("log", {}).items() if k in _LOG_FIELDS}
-            access_log.info(
-                "request",
+            extra = {k: v for k, v in state.get("log", {}).items() if k in LOG_FIELDS}
+            access_log.log(
+                logging.ERROR if error else logging.INFO,
+                "unhandled error" if error else "request",
+                exc_info=error,
                 extra={
                     "request_id": request_id,
                     "route": route,

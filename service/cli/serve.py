@@ -27,8 +27,9 @@ DEMO_N, DEMO_EPOCHS = 600, 4
 DEMO_HELD_OUT = ("readmission",)
 TOKEN_FILE = "bootstrap-admin.token"  # in FLAME_HOME, when stdout is not a terminal
 # uvicorn's own access log prints raw request lines (paths, query strings): ours logs the route
-# template, status and latency instead (service.observability).
-UVICORN_OPTIONS: dict[str, Any] = {"access_log": False}
+# template, status and latency instead (service.observability). `log_config=None`: uvicorn installs
+# no handlers or formats of its own; its lines reach the JSON handler of service.logs.
+UVICORN_OPTIONS: dict[str, Any] = {"access_log": False, "log_config": None}
 # uvicorn's supervisor pings each `--workers` process every 0.5 s and SIGKILLs one that does not answer
 # within this many seconds (its default, 5, killed a worker busy on a loaded 2-core CI host, and the
 # requests it held hung): a busy worker is not a hung one.
@@ -150,6 +151,7 @@ def serve_command(
     from service.artifact_stores import StoreUnavailable, open_store
     from service.cli.bootstrap import bootstrap
     from service.cli.registry import fail
+    from service.logs import configure_logging
     from service.observability import prepare_multiprocess_dir
     from service.registry.errors import DomainError
     from service.settings import get_settings
@@ -168,6 +170,7 @@ def serve_command(
             raise fail(str(e)) from None
         if token is not None:
             show_token_once(token, settings.home / TOKEN_FILE)
+    configure_logging(settings.log_level)  # this process's lines too (with --workers N, the supervisor's)
     if workers > 1:
         # every worker writes its metrics to files here; /metrics in any worker sums them all
         prepare_multiprocess_dir(settings.home / f"metrics-{port}")

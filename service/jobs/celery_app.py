@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_init, setup_logging, worker_process_init, worker_ready, worker_shutdown
 
 from service.artifacts_s3 import StoreUnavailable
 from service.jobs.queue import TASK_NAME
@@ -52,6 +52,7 @@ def make_celery(redis_url: str, *, visibility_timeout_s: int | None = None) -> C
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600,
+        worker_hijack_root_logger=False,  # the root logger keeps service/logs.py's JSON handler
     )
     # throws: a failed job is an expected outcome, logged without a traceback (run_stage logged it).
     celery.task(name=TASK_NAME, bind=True, ignore_result=False, throws=(StageFailed,))(run_stage_task)
@@ -150,3 +151,24 @@ def _stop_reaper(**_: Any) -> None:
 
 
 app = make_celery(get_settings().redis_url or DEFAULT_BROKER)
+
+
+# Logging: connected at import, like the receivers above, before any worker starts.
+@setup_logging.connect(weak=False)
+def _json_logs(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery's lines in the service's JSON format: a receiver here means Celery installs no
+    handlers or formats of its own (`flame worker` and `celery -A service.jobs.celery_app worker`)."""
+    from service.logs import configure_logging
+
+    configure_logging(loglevel or get_settings().log_level)
+
+
+@celeryd_init.connect(weak=False)
+def _quiet_start(instance: Any = None, **_: Any) -> None:
+    """JSON from the worker's first line (its start-up warnings come before `setup_logging`); no
+    banner, free text printed to stdout: the worker logs `<name> ready.` instead."""
+    from service.logs import configure_logging
+
+    configure_logging(get_settings().log_level)
+    if instance is not None:
+        instance.quiet = True

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.cli.serve import UVICORN_OPTIONS, show_token_once
 from service.db import load_models, make_engine
-from service.observability import JsonFormatter
+from service.logs import JsonFormatter
 from service.settings import Settings
 
 

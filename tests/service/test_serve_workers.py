@@ -62,17 +62,23 @@ def test_two_workers_count_every_request_once(tmp_path):
     stale.parent.mkdir()
     stale.write_bytes(b"not a metrics file")
     cmd = [sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--no-bootstrap"]
-    server = subprocess.Popen(
-        [*cmd, "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    # the log goes to a file: a pipe nobody reads fills (64 KiB, ~300 access lines while one worker
+    # answers the readiness bursts alone) and blocks the server mid-request
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:  # the child keeps its own copy of the descriptor
+        server = subprocess.Popen(
+            [*cmd, "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
     base = f"http://127.0.0.1:{port}"
     folder = stale.parent
     try:
         deadline = time.monotonic() + 25
         # up when both workers answered /readyz (503 without a model; counted under its own route)
         while stale.exists() or sum(c > 0 for c in served_by_pid(folder, "/readyz").values()) < 2:
-            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-            assert time.monotonic() < deadline, "flame serve --workers 2 did not start"
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, (
+                f"flame serve --workers 2 did not start:\n{log.read_text()[-3000:]}"
+            )
             try:
                 burst(base + "/readyz", 8)
             except OSError:
