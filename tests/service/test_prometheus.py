@@ -3,8 +3,7 @@
 metrics port, on the real PostgreSQL and Redis, while prediction traffic flows and one stage job
 succeeds and one fails; then EVERY expression of docker/grafana/dashboards/flame.json is evaluated
 through Prometheus' HTTP API and must return data, the job panels counting both jobs. The alert rules
-are loaded by that Prometheus and unit-tested with `promtool test rules`; the shipped config passes
-`promtool check config`.
+are loaded by that Prometheus (their `promtool` checks: test_prometheus_rules.py).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,19 +32,12 @@ from service.settings import Settings
 
 from .conftest import start_celery_worker
 from .jobs.conftest import LOS, icu, only_labels, pretrained, register_pretrained  # noqa: F401 - fixtures
+from .test_prometheus_rules import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "flame.json"
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
 REDIS_URL = os.environ.get("FLAME_TEST_PROMETHEUS_REDIS_URL", "redis://127.0.0.1:6379/10")
-INSTALL = "install Debian's `prometheus` package (`make install-system`)"
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not on PATH: {INSTALL}", pytrace=False)
-    return path
 
 
 def free_port() -> int:
@@ -73,30 +64,6 @@ def wait_for(predicate, timeout: float, what: str, procs: dict[str, subprocess.P
 def dashboard_queries() -> list[tuple[str, str]]:
     doc = json.loads(DASHBOARD.read_text())
     return [(p["title"], t["expr"]) for p in doc["panels"] for t in p["targets"]]
-
-
-def test_promtool_unit_tests_the_alert_rules():
-    out = subprocess.run(
-        [tool("promtool"), "test", "rules", "alerts_test.yml"],
-        cwd=PROMETHEUS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS" in out.stdout
-
-
-def test_promtool_checks_the_shipped_config():
-    out = subprocess.run(
-        [tool("promtool"), "check", "config", "prometheus.yml"],
-        cwd=PROMETHEUS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "9 rules found" in out.stdout  # alerts.yml is loaded from the config
 
 
 def stop(proc: subprocess.Popen, log: Path) -> str:
