@@ -60,6 +60,7 @@ class Bench(Verdict):
         self.notes: list[str] = []
         self.torch_threads = int(os.environ.get("FLAME_TORCH_THREADS", "1"))
         self.forward_ceiling: dict[int, float] = {}
+        self.validated_ceiling: dict[int, float] = {}
         self.http_rows: dict[tuple[str, int], dict[str, Any]] = {}
         self.results: dict[str, Any] = {}
 
@@ -146,6 +147,7 @@ class Bench(Verdict):
                 r = ceiling(self.reg.model, self.reg.samples, b, self.p["ceil"], self.args.device)
                 raw, full, nat = r["raw"], r["full"], r["raw_natural"]
                 self.forward_ceiling[b] = raw["samples_s"]
+                self.validated_ceiling[b] = full["samples_s"]
                 rows.append(
                     [
                         b,

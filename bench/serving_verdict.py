@@ -3,6 +3,7 @@ criteria checked against the numbers measured in this run."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from bench.serving_report import LOAD_HEADERS, load_cells, table
@@ -17,6 +18,7 @@ class Verdict(Stress):
     service_rows: dict[tuple[int, int], dict[str, Any]]
     http_rows: dict[tuple[str, int], dict[str, Any]]
     forward_ceiling: dict[int, float]
+    validated_ceiling: dict[int, float]
 
     def two_workers(self) -> None:
         """`flame serve --workers 2`: one process (and one batcher) per core."""
@@ -86,3 +88,36 @@ class Verdict(Stress):
         ]
         rows = [[name, measured, "yes" if ok else "**no**"] for name, measured, ok in checks]
         self.emit("h. The issue's criteria, from this run", table(["criterion", "measured", "met"], rows))
+        self.host_bound()
+
+    def host_bound(self) -> None:
+        """What the single-instance target leaves for the service's own work on this host, from this
+        run's numbers: at the target rate the forward, the HTTP parsing and the load generator take
+        their share of the cores first; the rest is all a request may spend on the key check, the
+        batching, the answer, the audit row and the metrics."""
+        forward, empty = self.forward_ceiling[32], self.http_rows[("empty", 32)]
+        http, service = empty["rps"], self.service_rows[(1, 32)]
+        cpus = os.cpu_count() or 1
+        a, b = 1e3 / forward, 1e3 / http  # ms of one core per sample / per request
+        c = 1e3 * empty["client_cores"] / http  # the load generator's ms per request
+        target = 0.8 * min(forward, http)
+        spare = cpus - target * (a + b + c) / 1e3  # cores left at the target rate
+        now = 1e3 * service["server_cores"] / service["rps"] - a - b
+        rows = [
+            ["(a) forward at batch 32, per sample", f"{a:.3f} ms", "section a"],
+            ["(b) HTTP, empty route at c=32, per request", f"{b:.3f} ms", "section b"],
+            ["(c) the load generator, per request", f"{c:.3f} ms", "section b, client CPU"],
+            ["single-instance target at c=32", f"{target:,.0f} req/s", "0.8 x the lower ceiling"],
+            [f"cores left at that rate ({cpus} here)", f"{spare:.2f}", "cores - target x (a+b+c)"],
+            ["... per request, for all the service's own work", f"{1e3 * spare / target:.3f} ms", ""],
+            ["the service's own work per request now (c=32)", f"{now:.3f} ms", "server CPU / req/s - a - b"],
+            [
+                "32-instance target vs validate + collate + forward (batch 32, one core)",
+                f"{0.8 * forward:,.0f} vs {self.validated_ceiling[32]:,.0f} samples/s",
+                "section a, before JSON parsing and answers",
+            ],
+        ]
+        self.emit(
+            "i. What the targets leave for the service's own work on this host (this run's numbers)",
+            table(["quantity", "value", "how"], rows),
+        )
