@@ -23,9 +23,18 @@ def _free_port() -> int:
 
 
 def _cpu_s(pid: int) -> float:
-    """utime + stime of a process (and its waited-for children), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process and of its live descendants (`--workers N`), seconds."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited between the listing and the read
+    return total
 
 
 class Server:
