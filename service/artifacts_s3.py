@@ -20,6 +20,11 @@ from service.registry.errors import ArtifactNotFound
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
+def _error_code(e: Any) -> str:
+    """The S3 error code of a botocore ClientError ("NoSuchKey", "403", ...), "" when it has none."""
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
 class StoreUnavailable(Exception):
     """The configured artifact store cannot be used (bad credentials, no bucket, no endpoint)."""
 
@@ -81,7 +86,7 @@ class S3ArtifactStore:
                 f"no credentials for the artifact {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             ) from None
         except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
+            code = _error_code(e)
             if code in _MISSING:
                 fix = "create it, or fix the bucket in FLAME_ARTIFACT_URL"
                 raise StoreUnavailable(f"the artifact {where} does not exist: {fix}") from None
@@ -143,7 +148,7 @@ class S3ArtifactStore:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except ClientError as e:
-            if str(e.response.get("Error", {}).get("Code", "")) in _MISSING:
+            if _error_code(e) in _MISSING:
                 raise self._not_found(digest) from None
             raise
         try:
@@ -157,7 +162,7 @@ class S3ArtifactStore:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self.key(digest))
         except ClientError as e:
-            if str(e.response.get("Error", {}).get("Code", "")) in _MISSING:
+            if _error_code(e) in _MISSING:
                 return None
             raise
 

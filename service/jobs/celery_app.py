@@ -141,11 +141,11 @@ def _start_metrics(**_: Any) -> None:
     try:
         _running.append(server.start())
     except OSError as e:
-        logging.getLogger("flame.worker").error("%s; this worker serves no metrics", e)
+        log.error("%s; this worker serves no metrics", e)
 
 
 @worker_shutdown.connect(weak=False)
-def _stop_reaper(**_: Any) -> None:
+def _stop_running(**_: Any) -> None:
     while _running:
         _running.pop().stop()
 
